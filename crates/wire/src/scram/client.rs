@@ -294,7 +294,7 @@ mod tests {
         let mut upstream = ScramServer::new(verifier, ChannelBinding::None);
         let mut proxy_client = ScramClient::with_keys(
             proxy.client_key().unwrap(),
-            proxy.server_key(),
+            proxy.server_key().unwrap(),
             ChannelBinding::None,
             &upstream.mechanisms(),
         )
@@ -308,6 +308,24 @@ mod tests {
         let fin = proxy_client.handle_server_first(first.as_bytes()).unwrap();
         let done = upstream.handle_client_final(fin.as_bytes()).unwrap();
         proxy_client.handle_server_final(done.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn either_verifier_of_a_rotation_is_accepted() {
+        let old = ScramVerifier::generate("old");
+        let new = ScramVerifier::derive("new", &old.salt, old.iterations);
+        for (pw, ok) in [("old", true), ("new", true), ("other", false)] {
+            let mut server =
+                ScramServer::with_verifiers(vec![old.clone(), new.clone()], ChannelBinding::None).unwrap();
+            let mut client = ScramClient::new(pw, ChannelBinding::None, &server.mechanisms()).unwrap();
+            let first = server.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap();
+            let fin = client.handle_server_first(first.as_bytes()).unwrap();
+            let res = server.handle_client_final(fin.as_bytes());
+            assert_eq!(res.is_ok(), ok, "{pw}");
+            if let Ok(done) = res {
+                client.handle_server_final(done.as_bytes()).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@ use super::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError, Scram
 const CB_NAME: &str = "tls-server-end-point";
 
 pub struct ScramServer {
-    verifier: ScramVerifier,
+    /// Every verifier that is valid now; they share salt and iteration count (a rotation
+    /// derives the new one with the old salt), so one exchange can be checked against all.
+    verifiers: Vec<ScramVerifier>,
     fake: bool,
     channel_binding: ChannelBinding,
     state: State,
@@ -27,7 +29,7 @@ enum State {
         bound: bool,
     },
     Done {
-        client_key: Option<Key>,
+        keys: Option<(Key, Key)>,
     },
 }
 
@@ -39,18 +41,22 @@ impl std::fmt::Debug for ScramServer {
 
 impl ScramServer {
     pub fn new(verifier: ScramVerifier, channel_binding: ChannelBinding) -> Self {
-        ScramServer {
-            verifier,
-            fake: false,
-            channel_binding,
-            state: State::Initial,
-        }
+        ScramServer { verifiers: vec![verifier], fake: false, channel_binding, state: State::Initial }
+    }
+
+    /// An exchange that accepts any of `verifiers`. Those whose salt or iteration count
+    /// differ from the first one's cannot be checked in the same exchange and are ignored.
+    pub fn with_verifiers(verifiers: Vec<ScramVerifier>, channel_binding: ChannelBinding) -> Option<Self> {
+        let first = verifiers.first()?;
+        let (salt, iterations) = (first.salt.clone(), first.iterations);
+        let verifiers = verifiers.into_iter().filter(|v| v.salt == salt && v.iterations == iterations).collect();
+        Some(ScramServer { verifiers, fake: false, channel_binding, state: State::Initial })
     }
 
     /// An exchange that runs exactly like a real one and then fails with `InvalidProof`.
     pub fn fake(user: &str, secret: &[u8], channel_binding: ChannelBinding) -> Self {
         ScramServer {
-            verifier: ScramVerifier::fake(user, secret),
+            verifiers: vec![ScramVerifier::fake(user, secret)],
             fake: true,
             channel_binding,
             state: State::Initial,
@@ -120,8 +126,8 @@ impl ScramServer {
         let nonce = format!("{client_nonce}{}", crypto::nonce());
         let server_first = format!(
             "r={nonce},s={},i={}",
-            to_b64(&self.verifier.salt),
-            self.verifier.iterations
+            to_b64(&self.verifiers[0].salt),
+            self.verifiers[0].iterations
         );
         self.state = State::SentFirst {
             gs2_header,
@@ -141,7 +147,7 @@ impl ScramServer {
             server_first,
             nonce,
             bound,
-        } = std::mem::replace(&mut self.state, State::Done { client_key: None })
+        } = std::mem::replace(&mut self.state, State::Done { keys: None })
         else {
             return Err(ScramError::OutOfOrder);
         };
@@ -166,16 +172,20 @@ impl ScramServer {
             .try_into()
             .map_err(|_| ScramError::Malformed)?;
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-        let signature = crypto::hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
-        let client_key = crypto::xor(&proof, &signature);
-        let matches = crypto::sha256(&client_key).ct_eq(&self.verifier.stored_key);
-        if !bool::from(matches) || self.fake {
-            return Err(ScramError::InvalidProof);
+        // Check every verifier, without stopping early, so timing does not say which matched.
+        let mut matched: Option<(Key, Key)> = None;
+        for v in &self.verifiers {
+            let signature = crypto::hmac(&v.stored_key, &[auth_message.as_bytes()]);
+            let client_key = crypto::xor(&proof, &signature);
+            if bool::from(crypto::sha256(&client_key).ct_eq(&v.stored_key)) && matched.is_none() {
+                matched = Some((client_key, v.server_key));
+            }
         }
-        let server_signature = crypto::hmac(&self.verifier.server_key, &[auth_message.as_bytes()]);
-        self.state = State::Done {
-            client_key: Some(client_key),
+        let Some((client_key, server_key)) = matched.filter(|_| !self.fake) else {
+            return Err(ScramError::InvalidProof);
         };
+        let server_signature = crypto::hmac(&server_key, &[auth_message.as_bytes()]);
+        self.state = State::Done { keys: Some((client_key, server_key)) };
         Ok(format!("v={}", to_b64(&server_signature)))
     }
 
@@ -184,12 +194,16 @@ impl ScramServer {
     /// knowing the password.
     pub fn client_key(&self) -> Option<[u8; 32]> {
         match self.state {
-            State::Done { client_key } => client_key,
+            State::Done { keys } => keys.map(|k| k.0),
             _ => None,
         }
     }
 
-    pub fn server_key(&self) -> [u8; 32] {
-        self.verifier.server_key
+    /// After a successful exchange, the ServerKey of the verifier that matched.
+    pub fn server_key(&self) -> Option<[u8; 32]> {
+        match self.state {
+            State::Done { keys } => keys.map(|k| k.1),
+            _ => None,
+        }
     }
 }
