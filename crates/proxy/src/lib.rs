@@ -1,1 +1,26 @@
-//! placeholder
+//! Berth's data plane: a PostgreSQL proxy that terminates TLS and SCRAM-SHA-256, routes by
+//! database name to an upstream, and relays sessions frame by frame. It serves a route table
+//! snapshot handed to it and never reads the catalog itself.
+
+mod activity;
+mod auth;
+pub mod cancel;
+pub mod config;
+mod error;
+mod handshake;
+mod limits;
+mod relay;
+pub mod routes;
+pub mod secret;
+mod server;
+mod session;
+mod stream;
+pub mod tls;
+pub mod units;
+mod upstream;
+mod upstream_tls;
+
+pub use config::{ConfigError, ConfigFile};
+pub use routes::{Database, Limits, Role, RouteTable, SslMode, Upstream, UpstreamAddr};
+pub use server::{Proxy, ProxySettings};
+pub use tls::{LocalCa, TlsServer};

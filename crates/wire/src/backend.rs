@@ -85,58 +85,28 @@ pub struct FieldDescription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage {
     Authentication(Authentication),
-    BackendKeyData {
-        pid: i32,
-        secret: i32,
-    },
-    ParameterStatus {
-        name: String,
-        value: String,
-    },
+    BackendKeyData { pid: i32, secret: i32 },
+    ParameterStatus { name: String, value: String },
     ReadyForQuery(TransactionStatus),
     ErrorResponse(ErrorResponse),
     NoticeResponse(ErrorResponse),
-    NegotiateProtocolVersion {
-        newest_minor: i32,
-        unrecognized: Vec<String>,
-    },
-    CommandComplete {
-        tag: String,
-    },
+    NegotiateProtocolVersion { newest_minor: i32, unrecognized: Vec<String> },
+    CommandComplete { tag: String },
     ParseComplete,
     BindComplete,
     CloseComplete,
     NoData,
     PortalSuspended,
     EmptyQueryResponse,
-    ParameterDescription {
-        types: Vec<u32>,
-    },
-    RowDescription {
-        fields: Vec<FieldDescription>,
-    },
-    DataRow {
-        values: Vec<Option<Bytes>>,
-    },
-    CopyInResponse {
-        format: u8,
-        column_formats: Vec<i16>,
-    },
-    CopyOutResponse {
-        format: u8,
-        column_formats: Vec<i16>,
-    },
-    CopyBothResponse {
-        format: u8,
-        column_formats: Vec<i16>,
-    },
+    ParameterDescription { types: Vec<u32> },
+    RowDescription { fields: Vec<FieldDescription> },
+    DataRow { values: Vec<Option<Bytes>> },
+    CopyInResponse { format: u8, column_formats: Vec<i16> },
+    CopyOutResponse { format: u8, column_formats: Vec<i16> },
+    CopyBothResponse { format: u8, column_formats: Vec<i16> },
     CopyData(Bytes),
     CopyDone,
-    NotificationResponse {
-        pid: i32,
-        channel: String,
-        payload: String,
-    },
+    NotificationResponse { pid: i32, channel: String, payload: String },
     FunctionCallResponse(Option<Bytes>),
 }
 
@@ -152,11 +122,7 @@ impl BackendMessage {
     pub fn decode(frame: &Frame) -> Result<Self, WireError> {
         let body = &frame.body;
         let no_body = |msg: BackendMessage, what| {
-            if body.is_empty() {
-                Ok(msg)
-            } else {
-                Err(WireError::malformed(what))
-            }
+            if body.is_empty() { Ok(msg) } else { Err(WireError::malformed(what)) }
         };
         Ok(match frame.tag {
             tag::AUTHENTICATION => {
@@ -166,9 +132,7 @@ impl BackendMessage {
                     3 => Authentication::CleartextPassword,
                     5 => {
                         let s = r.bytes(4)?;
-                        Authentication::Md5Password {
-                            salt: [s[0], s[1], s[2], s[3]],
-                        }
+                        Authentication::Md5Password { salt: [s[0], s[1], s[2], s[3]] }
                     }
                     10 => {
                         let mut mechanisms = Vec::new();
@@ -185,10 +149,7 @@ impl BackendMessage {
                     12 => Authentication::SaslFinal(body.slice(4..)),
                     _ => return Err(WireError::malformed("Authentication")),
                 };
-                if matches!(
-                    auth,
-                    Authentication::SaslContinue(_) | Authentication::SaslFinal(_)
-                ) {
+                if matches!(auth, Authentication::SaslContinue(_) | Authentication::SaslFinal(_)) {
                     r.rest();
                 }
                 r.finish()?;
@@ -227,10 +188,7 @@ impl BackendMessage {
                 }
                 let unrecognized = (0..n).map(|_| r.cstr()).collect::<Result<_, _>>()?;
                 r.finish()?;
-                BackendMessage::NegotiateProtocolVersion {
-                    newest_minor,
-                    unrecognized,
-                }
+                BackendMessage::NegotiateProtocolVersion { newest_minor, unrecognized }
             }
             tag::COMMAND_COMPLETE => {
                 let mut r = Reader::new("CommandComplete", body);
@@ -243,9 +201,7 @@ impl BackendMessage {
             tag::CLOSE_COMPLETE => no_body(BackendMessage::CloseComplete, "CloseComplete")?,
             tag::NO_DATA => no_body(BackendMessage::NoData, "NoData")?,
             tag::PORTAL_SUSPENDED => no_body(BackendMessage::PortalSuspended, "PortalSuspended")?,
-            tag::EMPTY_QUERY_RESPONSE => {
-                no_body(BackendMessage::EmptyQueryResponse, "EmptyQueryResponse")?
-            }
+            tag::EMPTY_QUERY_RESPONSE => no_body(BackendMessage::EmptyQueryResponse, "EmptyQueryResponse")?,
             tag::COPY_DONE => no_body(BackendMessage::CopyDone, "CopyDone")?,
             tag::PARAMETER_DESCRIPTION => {
                 let mut r = Reader::new("ParameterDescription", body);
@@ -286,18 +242,9 @@ impl BackendMessage {
                 let mut r = Reader::new("CopyResponse", body);
                 let (format, column_formats) = copy_response(&mut r)?;
                 match frame.tag {
-                    tag::COPY_IN_RESPONSE => BackendMessage::CopyInResponse {
-                        format,
-                        column_formats,
-                    },
-                    tag::COPY_OUT_RESPONSE => BackendMessage::CopyOutResponse {
-                        format,
-                        column_formats,
-                    },
-                    _ => BackendMessage::CopyBothResponse {
-                        format,
-                        column_formats,
-                    },
+                    tag::COPY_IN_RESPONSE => BackendMessage::CopyInResponse { format, column_formats },
+                    tag::COPY_OUT_RESPONSE => BackendMessage::CopyOutResponse { format, column_formats },
+                    _ => BackendMessage::CopyBothResponse { format, column_formats },
                 }
             }
             tag::COPY_DATA => BackendMessage::CopyData(body.clone()),
@@ -307,11 +254,7 @@ impl BackendMessage {
                 let channel = r.cstr()?;
                 let payload = r.cstr()?;
                 r.finish()?;
-                BackendMessage::NotificationResponse {
-                    pid,
-                    channel,
-                    payload,
-                }
+                BackendMessage::NotificationResponse { pid, channel, payload }
             }
             tag::FUNCTION_CALL_RESPONSE => {
                 let mut r = Reader::new("FunctionCallResponse", body);
@@ -346,35 +289,24 @@ impl BackendMessage {
                     b.put_slice(d);
                 }
             }),
-            BackendMessage::BackendKeyData { pid, secret } => {
-                framed(buf, tag::BACKEND_KEY_DATA, |b| {
-                    b.put_i32(*pid);
-                    b.put_i32(*secret);
-                })
-            }
-            BackendMessage::ParameterStatus { name, value } => {
-                framed(buf, tag::PARAMETER_STATUS, |b| {
-                    put_cstr(b, name);
-                    put_cstr(b, value);
-                })
-            }
-            BackendMessage::ReadyForQuery(s) => {
-                framed(buf, tag::READY_FOR_QUERY, |b| b.put_u8(s.as_byte()))
-            }
-            BackendMessage::ErrorResponse(e) => {
-                framed(buf, tag::ERROR_RESPONSE, |b| e.encode_body(b))
-            }
-            BackendMessage::NoticeResponse(e) => {
-                framed(buf, tag::NOTICE_RESPONSE, |b| e.encode_body(b))
-            }
-            BackendMessage::NegotiateProtocolVersion {
-                newest_minor,
-                unrecognized,
-            } => framed(buf, tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
-                b.put_i32(*newest_minor);
-                b.put_i32(unrecognized.len() as i32);
-                unrecognized.iter().for_each(|o| put_cstr(b, o));
+            BackendMessage::BackendKeyData { pid, secret } => framed(buf, tag::BACKEND_KEY_DATA, |b| {
+                b.put_i32(*pid);
+                b.put_i32(*secret);
             }),
+            BackendMessage::ParameterStatus { name, value } => framed(buf, tag::PARAMETER_STATUS, |b| {
+                put_cstr(b, name);
+                put_cstr(b, value);
+            }),
+            BackendMessage::ReadyForQuery(s) => framed(buf, tag::READY_FOR_QUERY, |b| b.put_u8(s.as_byte())),
+            BackendMessage::ErrorResponse(e) => framed(buf, tag::ERROR_RESPONSE, |b| e.encode_body(b)),
+            BackendMessage::NoticeResponse(e) => framed(buf, tag::NOTICE_RESPONSE, |b| e.encode_body(b)),
+            BackendMessage::NegotiateProtocolVersion { newest_minor, unrecognized } => {
+                framed(buf, tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
+                    b.put_i32(*newest_minor);
+                    b.put_i32(unrecognized.len() as i32);
+                    unrecognized.iter().for_each(|o| put_cstr(b, o));
+                })
+            }
             BackendMessage::CommandComplete { tag: t } => {
                 framed(buf, tag::COMMAND_COMPLETE, |b| put_cstr(b, t))
             }
@@ -385,12 +317,10 @@ impl BackendMessage {
             BackendMessage::PortalSuspended => framed(buf, tag::PORTAL_SUSPENDED, |_| {}),
             BackendMessage::EmptyQueryResponse => framed(buf, tag::EMPTY_QUERY_RESPONSE, |_| {}),
             BackendMessage::CopyDone => framed(buf, tag::COPY_DONE, |_| {}),
-            BackendMessage::ParameterDescription { types } => {
-                framed(buf, tag::PARAMETER_DESCRIPTION, |b| {
-                    b.put_i16(types.len() as i16);
-                    types.iter().for_each(|t| b.put_u32(*t));
-                })
-            }
+            BackendMessage::ParameterDescription { types } => framed(buf, tag::PARAMETER_DESCRIPTION, |b| {
+                b.put_i16(types.len() as i16);
+                types.iter().for_each(|t| b.put_u32(*t));
+            }),
             BackendMessage::RowDescription { fields } => framed(buf, tag::ROW_DESCRIPTION, |b| {
                 b.put_i16(fields.len() as i16);
                 for f in fields {
@@ -407,28 +337,23 @@ impl BackendMessage {
                 b.put_i16(values.len() as i16);
                 values.iter().for_each(|v| put_nullable(b, v));
             }),
-            BackendMessage::CopyInResponse {
-                format,
-                column_formats,
-            } => encode_copy_response(buf, tag::COPY_IN_RESPONSE, *format, column_formats),
-            BackendMessage::CopyOutResponse {
-                format,
-                column_formats,
-            } => encode_copy_response(buf, tag::COPY_OUT_RESPONSE, *format, column_formats),
-            BackendMessage::CopyBothResponse {
-                format,
-                column_formats,
-            } => encode_copy_response(buf, tag::COPY_BOTH_RESPONSE, *format, column_formats),
+            BackendMessage::CopyInResponse { format, column_formats } => {
+                encode_copy_response(buf, tag::COPY_IN_RESPONSE, *format, column_formats)
+            }
+            BackendMessage::CopyOutResponse { format, column_formats } => {
+                encode_copy_response(buf, tag::COPY_OUT_RESPONSE, *format, column_formats)
+            }
+            BackendMessage::CopyBothResponse { format, column_formats } => {
+                encode_copy_response(buf, tag::COPY_BOTH_RESPONSE, *format, column_formats)
+            }
             BackendMessage::CopyData(d) => framed(buf, tag::COPY_DATA, |b| b.put_slice(d)),
-            BackendMessage::NotificationResponse {
-                pid,
-                channel,
-                payload,
-            } => framed(buf, tag::NOTIFICATION_RESPONSE, |b| {
-                b.put_i32(*pid);
-                put_cstr(b, channel);
-                put_cstr(b, payload);
-            }),
+            BackendMessage::NotificationResponse { pid, channel, payload } => {
+                framed(buf, tag::NOTIFICATION_RESPONSE, |b| {
+                    b.put_i32(*pid);
+                    put_cstr(b, channel);
+                    put_cstr(b, payload);
+                })
+            }
             BackendMessage::FunctionCallResponse(v) => {
                 framed(buf, tag::FUNCTION_CALL_RESPONSE, |b| put_nullable(b, v))
             }

@@ -72,11 +72,7 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<String, WireError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.err())?;
+        let end = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.err())?;
         let s = std::str::from_utf8(&self.buf[..end]).map_err(|_| self.err())?;
         let s = s.to_owned();
         self.buf = &self.buf[end + 1..];
@@ -96,11 +92,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn finish(&self) -> Result<(), WireError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(self.err())
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(self.err()) }
     }
 }
 

@@ -74,10 +74,7 @@ impl ErrorResponse {
     }
 
     pub fn get(&self, field: u8) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| *k == field)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| *k == field).map(|(_, v)| v.as_str())
     }
 
     pub fn set(&mut self, field: u8, value: String) {
@@ -155,9 +152,8 @@ mod tests {
 
     #[test]
     fn builder_round_trip() {
-        let e = ErrorResponse::fatal(SqlState::TOO_MANY_CONNECTIONS, "too many")
-            .with_detail("d")
-            .with_hint("h");
+        let e =
+            ErrorResponse::fatal(SqlState::TOO_MANY_CONNECTIONS, "too many").with_detail("d").with_hint("h");
         let msg = e.to_error_message();
         assert_eq!(msg[0], b'E');
         let back = ErrorResponse::decode(&msg[5..]).unwrap();

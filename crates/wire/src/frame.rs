@@ -29,10 +29,7 @@ pub fn peek_header(buf: &[u8], max_body: usize) -> Result<Option<(u8, usize)>, W
     }
     let body = len as usize - 4;
     if body > max_body {
-        return Err(WireError::TooLarge {
-            len: body,
-            max: max_body,
-        });
+        return Err(WireError::TooLarge { len: body, max: max_body });
     }
     Ok(Some((tag, body)))
 }
@@ -55,10 +52,7 @@ pub fn parse_frame(buf: &mut BytesMut, max_body: usize) -> Result<Option<Frame>,
 
 impl Frame {
     pub fn new(tag: u8, body: impl Into<Bytes>) -> Self {
-        Frame {
-            tag,
-            body: body.into(),
-        }
+        Frame { tag, body: body.into() }
     }
 
     pub fn encode(&self, buf: &mut BytesMut) {
@@ -89,14 +83,8 @@ mod tests {
         let mut buf = BytesMut::from(&b"Q\0\0\0\x03"[..]);
         assert_eq!(parse_frame(&mut buf, 100), Err(WireError::InvalidLength(3)));
         let mut buf = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
-        assert!(matches!(
-            parse_frame(&mut buf, 1 << 20),
-            Err(WireError::TooLarge { .. })
-        ));
+        assert!(matches!(parse_frame(&mut buf, 1 << 20), Err(WireError::TooLarge { .. })));
         let mut buf = BytesMut::from(&b"Q\x80\0\0\0"[..]);
-        assert!(matches!(
-            parse_frame(&mut buf, 1 << 20),
-            Err(WireError::InvalidLength(_))
-        ));
+        assert!(matches!(parse_frame(&mut buf, 1 << 20), Err(WireError::InvalidLength(_))));
     }
 }

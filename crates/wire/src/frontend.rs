@@ -78,16 +78,8 @@ fn describe_kind(r: &mut Reader<'_>) -> Result<u8, WireError> {
     }
 }
 
-fn empty(
-    frame: &Frame,
-    what: &'static str,
-    msg: FrontendMessage,
-) -> Result<FrontendMessage, WireError> {
-    if frame.body.is_empty() {
-        Ok(msg)
-    } else {
-        Err(WireError::malformed(what))
-    }
+fn empty(frame: &Frame, what: &'static str, msg: FrontendMessage) -> Result<FrontendMessage, WireError> {
+    if frame.body.is_empty() { Ok(msg) } else { Err(WireError::malformed(what)) }
 }
 
 impl FrontendMessage {
@@ -107,11 +99,7 @@ impl FrontendMessage {
                 let n = r.count16()?;
                 let param_types = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
                 r.finish()?;
-                FrontendMessage::Parse {
-                    name,
-                    query,
-                    param_types,
-                }
+                FrontendMessage::Parse { name, query, param_types }
             }
             tag::BIND => {
                 let mut r = Reader::new("Bind", body);
@@ -124,13 +112,7 @@ impl FrontendMessage {
                 let n = r.count16()?;
                 let result_formats = (0..n).map(|_| r.i16()).collect::<Result<_, _>>()?;
                 r.finish()?;
-                FrontendMessage::Bind(Bind {
-                    portal,
-                    statement,
-                    param_formats,
-                    params,
-                    result_formats,
-                })
+                FrontendMessage::Bind(Bind { portal, statement, param_formats, params, result_formats })
             }
             tag::EXECUTE => {
                 let mut r = Reader::new("Execute", body);
@@ -170,11 +152,7 @@ impl FrontendMessage {
     pub fn encode(&self, buf: &mut BytesMut) {
         match self {
             FrontendMessage::Query { query } => framed(buf, tag::QUERY, |b| put_cstr(b, query)),
-            FrontendMessage::Parse {
-                name,
-                query,
-                param_types,
-            } => framed(buf, tag::PARSE, |b| {
+            FrontendMessage::Parse { name, query, param_types } => framed(buf, tag::PARSE, |b| {
                 put_cstr(b, name);
                 put_cstr(b, query);
                 b.put_i16(param_types.len() as i16);
@@ -207,9 +185,7 @@ impl FrontendMessage {
             FrontendMessage::Terminate => framed(buf, tag::TERMINATE, |_| {}),
             FrontendMessage::CopyData(d) => framed(buf, tag::COPY_DATA, |b| b.put_slice(d)),
             FrontendMessage::CopyDone => framed(buf, tag::COPY_DONE, |_| {}),
-            FrontendMessage::CopyFail { message } => {
-                framed(buf, tag::COPY_FAIL, |b| put_cstr(b, message))
-            }
+            FrontendMessage::CopyFail { message } => framed(buf, tag::COPY_FAIL, |b| put_cstr(b, message)),
             FrontendMessage::FunctionCall(d) => framed(buf, tag::FUNCTION_CALL, |b| b.put_slice(d)),
             FrontendMessage::Password(d) => framed(buf, tag::PASSWORD, |b| b.put_slice(d)),
         }

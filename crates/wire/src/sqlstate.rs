@@ -20,14 +20,13 @@ impl SqlState {
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState(*b"57P03");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState(*b"57P05");
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState(*b"25P03");
+    pub const TRANSACTION_TIMEOUT: SqlState = SqlState(*b"25P04");
     pub const INTERNAL_ERROR: SqlState = SqlState(*b"XX000");
 
     /// Parses a code as it arrives in an ErrorResponse `C` field.
     pub fn from_code(code: &str) -> Option<SqlState> {
         let b: [u8; 5] = code.as_bytes().try_into().ok()?;
-        b.iter()
-            .all(|c| c.is_ascii_alphanumeric())
-            .then_some(SqlState(b))
+        b.iter().all(|c| c.is_ascii_alphanumeric()).then_some(SqlState(b))
     }
 
     pub fn code(&self) -> &str {

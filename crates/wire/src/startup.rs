@@ -23,10 +23,7 @@ impl ProtocolVersion {
     pub const V3_0: ProtocolVersion = ProtocolVersion { major: 3, minor: 0 };
 
     fn from_code(code: i32) -> Self {
-        ProtocolVersion {
-            major: (code as u32 >> 16) as u16,
-            minor: code as u32 as u16,
-        }
+        ProtocolVersion { major: (code as u32 >> 16) as u16, minor: code as u32 as u16 }
     }
 
     fn code(self) -> i32 {
@@ -49,10 +46,7 @@ pub struct StartupMessage {
 
 impl StartupMessage {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn user(&self) -> Option<&str> {
@@ -90,10 +84,7 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, WireEr
     }
     let len = len as usize;
     if len > MAX_STARTUP_LEN {
-        return Err(WireError::TooLarge {
-            len,
-            max: MAX_STARTUP_LEN,
-        });
+        return Err(WireError::TooLarge { len, max: MAX_STARTUP_LEN });
     }
     if buf.len() < len {
         return Ok(None);
@@ -171,19 +162,14 @@ mod tests {
     #[test]
     fn ssl_request() {
         let mut buf = BytesMut::from(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..]);
-        assert_eq!(
-            parse_startup(&mut buf).unwrap(),
-            Some(StartupPacket::SslRequest)
-        );
+        assert_eq!(parse_startup(&mut buf).unwrap(), Some(StartupPacket::SslRequest));
         assert!(buf.is_empty());
     }
 
     #[test]
     fn startup_defaults_database_to_user() {
-        let m = StartupMessage {
-            version: ProtocolVersion::V3_0,
-            params: vec![("user".into(), "alice".into())],
-        };
+        let m =
+            StartupMessage { version: ProtocolVersion::V3_0, params: vec![("user".into(), "alice".into())] };
         let mut buf = BytesMut::new();
         StartupPacket::Startup(m.clone()).encode(&mut buf);
         let Some(StartupPacket::Startup(got)) = parse_startup(&mut buf).unwrap() else {
@@ -196,15 +182,9 @@ mod tests {
     #[test]
     fn rejects_huge_and_tiny_lengths_and_duplicates() {
         let mut buf = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0][..]);
-        assert!(matches!(
-            parse_startup(&mut buf),
-            Err(WireError::TooLarge { .. })
-        ));
+        assert!(matches!(parse_startup(&mut buf), Err(WireError::TooLarge { .. })));
         let mut buf = BytesMut::from(&[0, 0, 0, 4][..]);
-        assert!(matches!(
-            parse_startup(&mut buf),
-            Err(WireError::InvalidLength(4))
-        ));
+        assert!(matches!(parse_startup(&mut buf), Err(WireError::InvalidLength(4))));
         let body = b"\0\x03\0\0user\0a\0user\0b\0\0";
         assert!(decode_startup_body(body).is_err());
         // Missing the final terminator.
@@ -214,9 +194,7 @@ mod tests {
     #[test]
     fn version_3_2_is_reported() {
         let body = b"\0\x03\0\x02user\0a\0\0";
-        let StartupPacket::Startup(m) = decode_startup_body(body).unwrap() else {
-            panic!()
-        };
+        let StartupPacket::Startup(m) = decode_startup_body(body).unwrap() else { panic!() };
         assert_eq!(m.version, ProtocolVersion { major: 3, minor: 2 });
     }
 }

@@ -20,11 +20,7 @@ pub(crate) fn split(msg: &str) -> Result<Vec<(u8, &str)>, ScramError> {
         .collect()
 }
 
-pub(crate) fn expect<'a>(
-    attrs: &[(u8, &'a str)],
-    i: usize,
-    name: u8,
-) -> Result<&'a str, ScramError> {
+pub(crate) fn expect<'a>(attrs: &[(u8, &'a str)], i: usize, name: u8) -> Result<&'a str, ScramError> {
     match attrs.get(i) {
         Some((n, v)) if *n == name => Ok(v),
         _ => Err(ScramError::Malformed),

@@ -42,11 +42,7 @@ impl ScramClient {
         channel_binding: ChannelBinding,
         offered: &[String],
     ) -> Result<Self, ScramError> {
-        Self::with_secret(
-            Secret::Password(crypto::normalize_password(password)),
-            channel_binding,
-            offered,
-        )
+        Self::with_secret(Secret::Password(crypto::normalize_password(password)), channel_binding, offered)
     }
 
     /// Logs in with a ClientKey and ServerKey instead of a password (SCRAM pass-through).
@@ -56,21 +52,10 @@ impl ScramClient {
         channel_binding: ChannelBinding,
         offered: &[String],
     ) -> Result<Self, ScramError> {
-        Self::with_secret(
-            Secret::Keys {
-                client_key,
-                server_key,
-            },
-            channel_binding,
-            offered,
-        )
+        Self::with_secret(Secret::Keys { client_key, server_key }, channel_binding, offered)
     }
 
-    fn with_secret(
-        secret: Secret,
-        cb: ChannelBinding,
-        offered: &[String],
-    ) -> Result<Self, ScramError> {
+    fn with_secret(secret: Secret, cb: ChannelBinding, offered: &[String]) -> Result<Self, ScramError> {
         let offers = |m: &str| offered.iter().any(|o| o == m);
         let (plus, gs2_header, cbind_input) = match cb {
             ChannelBinding::TlsServerEndPoint(hash) if offers(SCRAM_SHA_256_PLUS) => {
@@ -93,11 +78,7 @@ impl ScramClient {
     }
 
     pub fn mechanism(&self) -> &'static str {
-        if self.plus {
-            SCRAM_SHA_256_PLUS
-        } else {
-            SCRAM_SHA_256
-        }
+        if self.plus { SCRAM_SHA_256_PLUS } else { SCRAM_SHA_256 }
     }
 
     pub fn client_first(&self) -> String {
@@ -113,9 +94,7 @@ impl ScramClient {
         let a = attrs::split(msg)?;
         let nonce = expect(&a, 0, b'r')?;
         let salt = b64(expect(&a, 1, b's')?)?;
-        let iterations: u32 = expect(&a, 2, b'i')?
-            .parse()
-            .map_err(|_| ScramError::Malformed)?;
+        let iterations: u32 = expect(&a, 2, b'i')?.parse().map_err(|_| ScramError::Malformed)?;
         if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
             return Err(ScramError::NonceMismatch);
         }
@@ -125,15 +104,9 @@ impl ScramClient {
         let (client_key, server_key) = match &self.secret {
             Secret::Password(pw) => {
                 let salted = crypto::salted_password(pw, &salt, iterations);
-                (
-                    crypto::hmac(&salted, &[b"Client Key"]),
-                    crypto::hmac(&salted, &[b"Server Key"]),
-                )
+                (crypto::hmac(&salted, &[b"Client Key"]), crypto::hmac(&salted, &[b"Server Key"]))
             }
-            Secret::Keys {
-                client_key,
-                server_key,
-            } => (*client_key, *server_key),
+            Secret::Keys { client_key, server_key } => (*client_key, *server_key),
         };
         let mut cbind = self.gs2_header.as_bytes().to_vec();
         cbind.extend_from_slice(&self.cbind_input);
@@ -142,16 +115,14 @@ impl ScramClient {
         let stored_key = crypto::sha256(&client_key);
         let signature = crypto::hmac(&stored_key, &[auth_message.as_bytes()]);
         let proof = crypto::xor(&client_key, &signature);
-        self.state = State::SentFinal {
-            server_signature: crypto::hmac(&server_key, &[auth_message.as_bytes()]),
-        };
+        self.state =
+            State::SentFinal { server_signature: crypto::hmac(&server_key, &[auth_message.as_bytes()]) };
         Ok(format!("{without_proof},p={}", to_b64(&proof)))
     }
 
     /// Handles AuthenticationSASLFinal: the server must prove it knows the verifier too.
     pub fn handle_server_final(&mut self, data: &[u8]) -> Result<(), ScramError> {
-        let State::SentFinal { server_signature } = std::mem::replace(&mut self.state, State::Done)
-        else {
+        let State::SentFinal { server_signature } = std::mem::replace(&mut self.state, State::Done) else {
             return Err(ScramError::OutOfOrder);
         };
         let msg = std::str::from_utf8(data).map_err(|_| ScramError::Malformed)?;
@@ -160,11 +131,7 @@ impl ScramClient {
             return Err(ScramError::ServerError(e.to_owned()));
         }
         let v = b64(expect(&a, 0, b'v')?)?;
-        if bool::from(v.ct_eq(&server_signature)) {
-            Ok(())
-        } else {
-            Err(ScramError::ServerSignatureMismatch)
-        }
+        if bool::from(v.ct_eq(&server_signature)) { Ok(()) } else { Err(ScramError::ServerSignatureMismatch) }
     }
 }
 
@@ -181,8 +148,7 @@ mod tests {
     ) -> Result<(), ScramError> {
         let mut server = ScramServer::new(ScramVerifier::generate(verifier_pw), server_cb);
         let mut client = ScramClient::new(client_pw, client_cb, &server.mechanisms())?;
-        let first =
-            server.handle_client_first(client.mechanism(), client.client_first().as_bytes())?;
+        let first = server.handle_client_first(client.mechanism(), client.client_first().as_bytes())?;
         let fin = client.handle_server_first(first.as_bytes())?;
         let server_final = server.handle_client_final(fin.as_bytes())?;
         client.handle_server_final(server_final.as_bytes())?;
@@ -192,36 +158,18 @@ mod tests {
 
     #[test]
     fn right_password_succeeds() {
-        run(
-            "s3cret",
-            "s3cret",
-            ChannelBinding::None,
-            ChannelBinding::None,
-        )
-        .unwrap();
+        run("s3cret", "s3cret", ChannelBinding::None, ChannelBinding::None).unwrap();
     }
 
     #[test]
     fn non_ascii_password_is_normalized() {
         // U+00AA normalizes to "a" under NFKC, as PostgreSQL's SASLprep does.
-        run(
-            "\u{aa}bc",
-            "abc",
-            ChannelBinding::None,
-            ChannelBinding::None,
-        )
-        .unwrap();
+        run("\u{aa}bc", "abc", ChannelBinding::None, ChannelBinding::None).unwrap();
     }
 
     #[test]
     fn wrong_password_fails() {
-        let err = run(
-            "s3cret",
-            "guess",
-            ChannelBinding::None,
-            ChannelBinding::None,
-        )
-        .unwrap_err();
+        let err = run("s3cret", "guess", ChannelBinding::None, ChannelBinding::None).unwrap_err();
         assert_eq!(err, ScramError::InvalidProof);
     }
 
@@ -247,36 +195,24 @@ mod tests {
     fn downgrade_is_detected() {
         // A client that can bind but was told the server cannot sends "y": a server that
         // does offer PLUS must refuse.
-        let mut server = ScramServer::new(
-            ScramVerifier::generate("pw"),
-            ChannelBinding::tls_server_end_point(b"c"),
-        );
-        let client = ScramClient::new(
-            "pw",
-            ChannelBinding::tls_server_end_point(b"c"),
-            &["SCRAM-SHA-256".to_owned()],
-        )
-        .unwrap();
+        let mut server =
+            ScramServer::new(ScramVerifier::generate("pw"), ChannelBinding::tls_server_end_point(b"c"));
+        let client =
+            ScramClient::new("pw", ChannelBinding::tls_server_end_point(b"c"), &["SCRAM-SHA-256".to_owned()])
+                .unwrap();
         assert!(client.client_first().starts_with("y,,"));
-        let err = server
-            .handle_client_first(client.mechanism(), client.client_first().as_bytes())
-            .unwrap_err();
+        let err =
+            server.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap_err();
         assert_eq!(err, ScramError::ChannelBindingDowngrade);
     }
 
     #[test]
     fn fake_server_always_fails_with_invalid_proof() {
         let mut server = ScramServer::fake("nobody", b"key", ChannelBinding::None);
-        let mut client =
-            ScramClient::new("anything", ChannelBinding::None, &server.mechanisms()).unwrap();
-        let first = server
-            .handle_client_first(client.mechanism(), client.client_first().as_bytes())
-            .unwrap();
+        let mut client = ScramClient::new("anything", ChannelBinding::None, &server.mechanisms()).unwrap();
+        let first = server.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap();
         let fin = client.handle_server_first(first.as_bytes()).unwrap();
-        assert_eq!(
-            server.handle_client_final(fin.as_bytes()),
-            Err(ScramError::InvalidProof)
-        );
+        assert_eq!(server.handle_client_final(fin.as_bytes()), Err(ScramError::InvalidProof));
     }
 
     #[test]
@@ -285,9 +221,7 @@ mod tests {
         // First exchange: the proxy verifies the client and recovers its ClientKey.
         let mut proxy = ScramServer::new(verifier.clone(), ChannelBinding::None);
         let mut client = ScramClient::new("pw", ChannelBinding::None, &proxy.mechanisms()).unwrap();
-        let first = proxy
-            .handle_client_first(client.mechanism(), client.client_first().as_bytes())
-            .unwrap();
+        let first = proxy.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap();
         let fin = client.handle_server_first(first.as_bytes()).unwrap();
         proxy.handle_client_final(fin.as_bytes()).unwrap();
         // Second exchange: the proxy logs in upstream with the recovered keys.
@@ -300,10 +234,7 @@ mod tests {
         )
         .unwrap();
         let first = upstream
-            .handle_client_first(
-                proxy_client.mechanism(),
-                proxy_client.client_first().as_bytes(),
-            )
+            .handle_client_first(proxy_client.mechanism(), proxy_client.client_first().as_bytes())
             .unwrap();
         let fin = proxy_client.handle_server_first(first.as_bytes()).unwrap();
         let done = upstream.handle_client_final(fin.as_bytes()).unwrap();
@@ -318,7 +249,8 @@ mod tests {
             let mut server =
                 ScramServer::with_verifiers(vec![old.clone(), new.clone()], ChannelBinding::None).unwrap();
             let mut client = ScramClient::new(pw, ChannelBinding::None, &server.mechanisms()).unwrap();
-            let first = server.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap();
+            let first =
+                server.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap();
             let fin = client.handle_server_first(first.as_bytes()).unwrap();
             let res = server.handle_client_final(fin.as_bytes());
             assert_eq!(res.is_ok(), ok, "{pw}");
@@ -331,29 +263,11 @@ mod tests {
     #[test]
     fn malformed_messages_are_rejected() {
         let mut server = ScramServer::new(ScramVerifier::generate("pw"), ChannelBinding::None);
-        for bad in [
-            "",
-            "n",
-            "n,",
-            "x,,n=,r=abc",
-            "n,a=admin,n=,r=abc",
-            "n,,r=abc",
-            "n,,n=,r=a,b",
-        ] {
+        for bad in ["", "n", "n,", "x,,n=,r=abc", "n,a=admin,n=,r=abc", "n,,r=abc", "n,,n=,r=a,b"] {
             let mut s = ScramServer::new(ScramVerifier::generate("pw"), ChannelBinding::None);
-            assert!(
-                s.handle_client_first("SCRAM-SHA-256", bad.as_bytes())
-                    .is_err(),
-                "{bad:?}"
-            );
+            assert!(s.handle_client_first("SCRAM-SHA-256", bad.as_bytes()).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            server.handle_client_first("MD5", b"n,,n=,r=abc"),
-            Err(ScramError::UnsupportedMechanism)
-        );
-        assert_eq!(
-            server.handle_client_final(b"c=biws,r=x,p=AAAA"),
-            Err(ScramError::OutOfOrder)
-        );
+        assert_eq!(server.handle_client_first("MD5", b"n,,n=,r=abc"), Err(ScramError::UnsupportedMechanism));
+        assert_eq!(server.handle_client_final(b"c=biws,r=x,p=AAAA"), Err(ScramError::OutOfOrder));
     }
 }

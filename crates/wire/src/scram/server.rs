@@ -49,7 +49,8 @@ impl ScramServer {
     pub fn with_verifiers(verifiers: Vec<ScramVerifier>, channel_binding: ChannelBinding) -> Option<Self> {
         let first = verifiers.first()?;
         let (salt, iterations) = (first.salt.clone(), first.iterations);
-        let verifiers = verifiers.into_iter().filter(|v| v.salt == salt && v.iterations == iterations).collect();
+        let verifiers =
+            verifiers.into_iter().filter(|v| v.salt == salt && v.iterations == iterations).collect();
         Some(ScramServer { verifiers, fake: false, channel_binding, state: State::Initial })
     }
 
@@ -74,11 +75,7 @@ impl ScramServer {
     }
 
     /// Handles SASLInitialResponse and returns the server-first-message.
-    pub fn handle_client_first(
-        &mut self,
-        mechanism: &str,
-        data: &[u8],
-    ) -> Result<String, ScramError> {
+    pub fn handle_client_first(&mut self, mechanism: &str, data: &[u8]) -> Result<String, ScramError> {
         if !matches!(self.state, State::Initial) {
             return Err(ScramError::OutOfOrder);
         }
@@ -124,11 +121,8 @@ impl ScramServer {
             return Err(ScramError::Malformed);
         }
         let nonce = format!("{client_nonce}{}", crypto::nonce());
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            to_b64(&self.verifiers[0].salt),
-            self.verifiers[0].iterations
-        );
+        let server_first =
+            format!("r={nonce},s={},i={}", to_b64(&self.verifiers[0].salt), self.verifiers[0].iterations);
         self.state = State::SentFirst {
             gs2_header,
             client_first_bare: bare.to_owned(),
@@ -141,13 +135,8 @@ impl ScramServer {
 
     /// Handles the client-final-message; on success returns the server-final-message.
     pub fn handle_client_final(&mut self, data: &[u8]) -> Result<String, ScramError> {
-        let State::SentFirst {
-            gs2_header,
-            client_first_bare,
-            server_first,
-            nonce,
-            bound,
-        } = std::mem::replace(&mut self.state, State::Done { keys: None })
+        let State::SentFirst { gs2_header, client_first_bare, server_first, nonce, bound } =
+            std::mem::replace(&mut self.state, State::Done { keys: None })
         else {
             return Err(ScramError::OutOfOrder);
         };
@@ -168,9 +157,7 @@ impl ScramServer {
         if expect(&a, 1, b'r')? != nonce {
             return Err(ScramError::NonceMismatch);
         }
-        let proof: Key = b64(&msg[proof_at + 3..])?
-            .try_into()
-            .map_err(|_| ScramError::Malformed)?;
+        let proof: Key = b64(&msg[proof_at + 3..])?.try_into().map_err(|_| ScramError::Malformed)?;
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         // Check every verifier, without stopping early, so timing does not say which matched.
         let mut matched: Option<(Key, Key)> = None;

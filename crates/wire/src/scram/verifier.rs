@@ -32,8 +32,7 @@ impl ScramVerifier {
     }
 
     pub fn derive(password: &str, salt: &[u8], iterations: u32) -> Self {
-        let salted =
-            crypto::salted_password(&crypto::normalize_password(password), salt, iterations);
+        let salted = crypto::salted_password(&crypto::normalize_password(password), salt, iterations);
         let client_key = crypto::hmac(&salted, &[b"Client Key"]);
         ScramVerifier {
             iterations,
@@ -51,12 +50,7 @@ impl ScramVerifier {
         let mut server_key: Key = [0; 32];
         rand::thread_rng().fill_bytes(&mut stored_key);
         rand::thread_rng().fill_bytes(&mut server_key);
-        ScramVerifier {
-            iterations: DEFAULT_ITERATIONS,
-            salt,
-            stored_key,
-            server_key,
-        }
+        ScramVerifier { iterations: DEFAULT_ITERATIONS, salt, stored_key, server_key }
     }
 
     pub fn parse(s: &str) -> Result<Self, ScramError> {
@@ -70,20 +64,9 @@ impl ScramVerifier {
             return Err(bad());
         }
         let salt = b64(salt).map_err(|_| bad())?;
-        let stored_key: Key = b64(stored)
-            .map_err(|_| bad())?
-            .try_into()
-            .map_err(|_| bad())?;
-        let server_key: Key = b64(server)
-            .map_err(|_| bad())?
-            .try_into()
-            .map_err(|_| bad())?;
-        Ok(ScramVerifier {
-            iterations,
-            salt,
-            stored_key,
-            server_key,
-        })
+        let stored_key: Key = b64(stored).map_err(|_| bad())?.try_into().map_err(|_| bad())?;
+        let server_key: Key = b64(server).map_err(|_| bad())?.try_into().map_err(|_| bad())?;
+        Ok(ScramVerifier { iterations, salt, stored_key, server_key })
     }
 
     /// The `pg_authid` text form. It is a secret: never log it.
@@ -124,12 +107,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in [
-            "",
-            "md5abc",
-            "SCRAM-SHA-256$x:AA==$AA==:AA==",
-            "SCRAM-SHA-256$4096:AA==$AA==:AA==",
-        ] {
+        for bad in ["", "md5abc", "SCRAM-SHA-256$x:AA==$AA==:AA==", "SCRAM-SHA-256$4096:AA==$AA==:AA=="] {
             assert!(ScramVerifier::parse(bad).is_err(), "{bad}");
         }
     }

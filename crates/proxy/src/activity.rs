@@ -1,0 +1,131 @@
+//! What a session is doing, as the relay sees it: round trips in flight (a Query, Sync or
+//! FunctionCall sent and its ReadyForQuery not yet back), the transaction status, and since
+//! when. The two relay directions update it at those messages only; the watchdog reads it
+//! to enforce timeouts and graceful shutdown.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use wire::backend::TransactionStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    QueryTimeout,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub pending: u32,
+    pub status: TransactionStatus,
+    pub busy_since: Option<Instant>,
+    pub transaction_since: Option<Instant>,
+    pub idle_since: Instant,
+    pub cancel: Option<CancelReason>,
+}
+
+impl Snapshot {
+    /// No round trip in flight and no transaction open.
+    pub fn is_idle(&self) -> bool {
+        self.pending == 0 && self.status == TransactionStatus::Idle
+    }
+}
+
+#[derive(Debug)]
+pub struct Activity {
+    state: Mutex<Snapshot>,
+    /// One waiter (the watchdog); `notify_one` keeps a permit so no change is missed.
+    changed: Notify,
+}
+
+impl Activity {
+    pub fn new(status: TransactionStatus) -> Self {
+        let now = Instant::now();
+        Activity {
+            state: Mutex::new(Snapshot {
+                pending: 0,
+                status,
+                busy_since: None,
+                transaction_since: (status != TransactionStatus::Idle).then_some(now),
+                idle_since: now,
+                cancel: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn update<T>(&self, f: impl FnOnce(&mut Snapshot) -> T) -> T {
+        let out = f(&mut self.state.lock().expect("activity lock poisoned"));
+        self.changed.notify_one();
+        out
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        *self.state.lock().expect("activity lock poisoned")
+    }
+
+    /// The client sent a message that the server answers with ReadyForQuery.
+    pub fn round_trip_sent(&self) {
+        self.update(|s| {
+            if s.pending == 0 {
+                s.busy_since = Some(Instant::now());
+            }
+            s.pending += 1;
+        })
+    }
+
+    /// The server sent ReadyForQuery.
+    pub fn ready(&self, status: TransactionStatus) {
+        self.update(|s| {
+            let now = Instant::now();
+            s.pending = s.pending.saturating_sub(1);
+            // Each statement of a pipeline gets its own clock.
+            s.busy_since = (s.pending > 0).then_some(now);
+            if s.pending == 0 {
+                s.cancel = None;
+            }
+            match (s.status, status) {
+                (TransactionStatus::Idle, TransactionStatus::InTransaction | TransactionStatus::Failed) => {
+                    s.transaction_since = Some(now)
+                }
+                (_, TransactionStatus::Idle) => s.transaction_since = None,
+                _ => {}
+            }
+            s.status = status;
+            s.idle_since = now;
+        })
+    }
+
+    pub fn set_cancel(&self, reason: CancelReason) {
+        self.update(|s| s.cancel = Some(reason))
+    }
+
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.state.lock().expect("activity lock poisoned").cancel
+    }
+
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_and_transactions() {
+        let a = Activity::new(TransactionStatus::Idle);
+        assert!(a.snapshot().is_idle());
+        a.round_trip_sent();
+        a.round_trip_sent();
+        assert_eq!(a.snapshot().pending, 2);
+        a.ready(TransactionStatus::InTransaction);
+        let s = a.snapshot();
+        assert_eq!(s.pending, 1);
+        assert!(s.busy_since.is_some() && s.transaction_since.is_some());
+        a.ready(TransactionStatus::Idle);
+        let s = a.snapshot();
+        assert!(s.is_idle() && s.transaction_since.is_none() && s.busy_since.is_none());
+    }
+}

@@ -1,0 +1,236 @@
+//! The frame-level relay of an established session. Each direction reads into a reused
+//! buffer, walks frame headers, and forwards every complete or partial frame as it arrives
+//! (a 1 GB DataRow streams; it is never buffered whole). Only ReadyForQuery, and an
+//! ErrorResponse the proxy must reword, are looked at in full. The server-to-client
+//! direction owns the client's write half, so the proxy's own errors are only ever written
+//! between frames.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use wire::backend::{TransactionStatus, tag as backend};
+use wire::frame::{HEADER_LEN, peek_header};
+use wire::frontend::{ends_round_trip, tag as frontend};
+use wire::{ErrorResponse, SqlState, WireError};
+
+use crate::activity::{Activity, CancelReason};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why the client-to-server direction stopped.
+#[derive(Debug)]
+pub enum ClientEnd {
+    /// The client sent Terminate.
+    Terminated,
+    /// The client closed its side or the read failed.
+    Closed(String),
+    /// The client broke framing: a bad length or an oversized message.
+    Protocol(ErrorResponse),
+    /// Writing to the server failed.
+    ServerWrite(String),
+}
+
+/// What the session asks the server-to-client direction to do.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop without writing anything more.
+    Close,
+    /// Write this error (if between frames) and stop.
+    Fatal(ErrorResponse),
+}
+
+#[derive(Debug)]
+pub enum ServerEnd {
+    /// The server closed the connection (after a FATAL, a Terminate, or a crash).
+    ServerClosed(String),
+    /// Writing to the client failed.
+    ClientWrite(String),
+    /// The session asked to stop.
+    Stopped(Control),
+    /// The server broke framing.
+    Protocol(String),
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+pub async fn client_to_server<R, W>(
+    mut rd: R,
+    mut wr: W,
+    max_message: usize,
+    activity: &Activity,
+) -> ClientEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Bytes of the current frame's body still to pass through.
+    let mut remaining = 0usize;
+    loop {
+        reserve(&mut buf);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return ClientEnd::Closed("client closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return ClientEnd::Closed(e.to_string()),
+        }
+        let mut pos = 0;
+        let mut end = None;
+        while pos < buf.len() {
+            if remaining > 0 {
+                let take = remaining.min(buf.len() - pos);
+                pos += take;
+                remaining -= take;
+                continue;
+            }
+            match peek_header(&buf[pos..], max_message) {
+                Ok(None) => break,
+                Ok(Some((tag, len))) => {
+                    if ends_round_trip(tag) {
+                        activity.round_trip_sent();
+                    }
+                    pos += HEADER_LEN;
+                    remaining = len;
+                    if tag == frontend::TERMINATE {
+                        end = Some(ClientEnd::Terminated);
+                        pos += len.min(buf.len() - pos);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    end = Some(ClientEnd::Protocol(framing_error(e)));
+                    break;
+                }
+            }
+        }
+        if pos > 0 {
+            if let Err(e) = write_flush(&mut wr, &buf[..pos]).await {
+                return ClientEnd::ServerWrite(e.to_string());
+            }
+            buf.advance(pos);
+        }
+        if let Some(end) = end {
+            return end;
+        }
+    }
+}
+
+fn framing_error(e: WireError) -> ErrorResponse {
+    match e {
+        WireError::TooLarge { len, max } => ErrorResponse::fatal(
+            SqlState::PROTOCOL_VIOLATION,
+            format!("message of {len} bytes exceeds the limit of {max} bytes"),
+        ),
+        other => ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, format!("invalid message: {other}")),
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, data: &[u8]) -> std::io::Result<()> {
+    wr.write_all(data).await?;
+    wr.flush().await
+}
+
+/// Rewords the server's "canceling statement due to user request" when the proxy sent
+/// the cancel, so the client learns which limit it hit.
+pub type Reword = dyn Fn(CancelReason, ErrorResponse) -> ErrorResponse + Send + Sync;
+
+pub async fn server_to_client<R, W>(
+    mut rd: R,
+    mut wr: W,
+    activity: &Activity,
+    ctl: &mut mpsc::Receiver<Control>,
+    reword: &Reword,
+) -> ServerEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut remaining = 0usize;
+    loop {
+        reserve(&mut buf);
+        tokio::select! {
+            biased;
+            c = ctl.recv() => {
+                let c = c.unwrap_or(Control::Close);
+                if let Control::Fatal(e) = &c {
+                    // Mid-frame, an error would corrupt the stream: close without it.
+                    if remaining == 0 {
+                        let _ = write_flush(&mut wr, &e.to_error_message()).await;
+                    }
+                }
+                let _ = wr.shutdown().await;
+                return ServerEnd::Stopped(c);
+            }
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => {
+                    let _ = wr.shutdown().await;
+                    return ServerEnd::ServerClosed("server closed the connection".into());
+                }
+                Ok(_) => {}
+                Err(e) => return ServerEnd::ServerClosed(e.to_string()),
+            }
+        }
+        let mut pos = 0;
+        while pos < buf.len() {
+            if remaining > 0 {
+                let take = remaining.min(buf.len() - pos);
+                pos += take;
+                remaining -= take;
+                continue;
+            }
+            let (tag, len) = match peek_header(&buf[pos..], usize::MAX) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return ServerEnd::Protocol(e.to_string()),
+            };
+            let whole = buf.len() - pos >= HEADER_LEN + len;
+            match tag {
+                backend::READY_FOR_QUERY => {
+                    if !whole {
+                        break;
+                    }
+                    let status = TransactionStatus::from_byte(buf[pos + HEADER_LEN])
+                        .unwrap_or(TransactionStatus::Idle);
+                    activity.ready(status);
+                    pos += HEADER_LEN + len;
+                }
+                backend::ERROR_RESPONSE if activity.cancel_reason().is_some() => {
+                    if !whole {
+                        break;
+                    }
+                    let body = &buf[pos + HEADER_LEN..pos + HEADER_LEN + len];
+                    let reason = activity.cancel_reason();
+                    match (ErrorResponse::decode(body), reason) {
+                        (Ok(err), Some(reason)) if err.code() == Some(SqlState::QUERY_CANCELED) => {
+                            if let Err(e) = write_flush(&mut wr, &buf[..pos]).await {
+                                return ServerEnd::ClientWrite(e.to_string());
+                            }
+                            buf.advance(pos + HEADER_LEN + len);
+                            pos = 0;
+                            if let Err(e) =
+                                write_flush(&mut wr, &reword(reason, err).to_error_message()).await
+                            {
+                                return ServerEnd::ClientWrite(e.to_string());
+                            }
+                        }
+                        _ => pos += HEADER_LEN + len,
+                    }
+                }
+                _ => {
+                    pos += HEADER_LEN;
+                    remaining = len;
+                }
+            }
+        }
+        if pos > 0 {
+            if let Err(e) = write_flush(&mut wr, &buf[..pos]).await {
+                return ServerEnd::ClientWrite(e.to_string());
+            }
+            buf.advance(pos);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The route table: what a database name in a startup packet leads to. The proxy serves an
+//! immutable snapshot (`Arc<RouteTable>`) swapped whole on reload, so a connection keeps the
+//! snapshot it started with while new ones see the new table. The proxy never reads the
+//! catalog: snapshots come from a TOML file or from whoever composes the proxy.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wire::scram::ScramVerifier;
+
+use crate::config::{ConfigError, ConfigFile};
+use crate::secret::Secret;
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    databases: HashMap<String, Arc<Database>>,
+}
+
+impl RouteTable {
+    pub fn new(databases: impl IntoIterator<Item = Database>) -> Self {
+        RouteTable { databases: databases.into_iter().map(|d| (d.name.clone(), Arc::new(d))).collect() }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Database>> {
+        self.databases.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.databases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.databases.is_empty()
+    }
+
+    pub fn from_config(file: &ConfigFile) -> Result<Self, ConfigError> {
+        let mut dbs = Vec::new();
+        for (name, section) in &file.databases {
+            let err =
+                |message: &str| ConfigError::Database { database: name.clone(), message: message.into() };
+            let addr = match (&section.socket_dir, &section.host) {
+                (Some(dir), None) => {
+                    UpstreamAddr::Unix { dir: dir.clone(), port: section.port.unwrap_or(5432) }
+                }
+                (None, Some(host)) => {
+                    UpstreamAddr::Tcp { host: host.clone(), port: section.port.unwrap_or(5432) }
+                }
+                _ => return Err(err("set exactly one of socket_dir and host")),
+            };
+            if matches!(addr, UpstreamAddr::Unix { .. }) && section.ssl_mode.uses_tls() {
+                return Err(err("ssl_mode applies to TCP upstreams only"));
+            }
+            if section.ssl_mode.verifies() && section.ssl_root_cert.is_none() {
+                return Err(err("ssl_mode verify-ca and verify-full need ssl_root_cert"));
+            }
+            let mut roles = HashMap::new();
+            for (role_name, r) in &section.roles {
+                let verifier = match (&r.verifier, &r.password) {
+                    (Some(v), _) => ScramVerifier::parse(v)
+                        .map_err(|_| err(&format!("role {role_name:?}: invalid SCRAM verifier")))?,
+                    (None, Some(p)) => ScramVerifier::generate(p),
+                    (None, None) => {
+                        return Err(err(&format!("role {role_name:?}: set password or verifier")));
+                    }
+                };
+                let upstream_password =
+                    r.upstream_password.clone().or_else(|| r.password.clone()).map(Secret::new);
+                roles.insert(
+                    role_name.clone(),
+                    Role { name: role_name.clone(), verifiers: vec![verifier], upstream_password },
+                );
+            }
+            dbs.push(Database {
+                name: name.clone(),
+                upstream: Upstream {
+                    addr,
+                    dbname: section.dbname.clone().unwrap_or_else(|| name.clone()),
+                    ssl_mode: section.ssl_mode,
+                    ssl_root_cert: section.ssl_root_cert.clone(),
+                    tls: crate::upstream_tls::client_config(
+                        section.ssl_mode,
+                        section.ssl_root_cert.as_deref(),
+                    )
+                    .map_err(|e| err(&format!("upstream TLS: {e}")))?,
+                },
+                roles,
+                limits: Limits {
+                    max_client_connections: section.max_client_connections,
+                    query_timeout: section.query_timeout.map(|s| s.0),
+                    transaction_timeout: section.transaction_timeout.map(|s| s.0),
+                    idle_timeout: section.idle_timeout.map(|s| s.0),
+                    idle_in_transaction_timeout: section.idle_in_transaction_timeout.map(|s| s.0),
+                },
+            });
+        }
+        Ok(RouteTable::new(dbs))
+    }
+}
+
+#[derive(Debug)]
+pub struct Database {
+    /// The name clients use in the startup packet.
+    pub name: String,
+    pub upstream: Upstream,
+    pub roles: HashMap<String, Role>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: UpstreamAddr,
+    /// The database name sent to the upstream.
+    pub dbname: String,
+    pub ssl_mode: SslMode,
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Built once at load from `ssl_mode` and `ssl_root_cert`; `None` for plaintext.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamAddr {
+    Unix { dir: PathBuf, port: u16 },
+    Tcp { host: String, port: u16 },
+}
+
+impl UpstreamAddr {
+    pub fn socket_path(dir: &std::path::Path, port: u16) -> PathBuf {
+        dir.join(format!(".s.PGSQL.{port}"))
+    }
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Unix { dir, port } => write!(f, "{}", Self::socket_path(dir, *port).display()),
+            UpstreamAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn uses_tls(self) -> bool {
+        self != SslMode::Disable
+    }
+
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+#[derive(Debug)]
+pub struct Role {
+    pub name: String,
+    /// Every verifier that is valid now. During a rotation there are two, sharing salt and
+    /// iteration count so one SCRAM exchange can be checked against both.
+    pub verifiers: Vec<ScramVerifier>,
+    /// What the proxy logs in upstream with when the upstream asks for a password.
+    pub upstream_password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_client_connections: Option<u32>,
+    pub query_timeout: Option<Duration>,
+    pub transaction_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub idle_in_transaction_timeout: Option<Duration>,
+}

@@ -1,0 +1,182 @@
+//! The proxy as a service: shared state (route table snapshot, TLS, cancel registry,
+//! connection counts), the accept loop over a listener it is handed (tests pass a port-0
+//! listener), and graceful shutdown: stop accepting, let sessions finish their transactions
+//! until a deadline, then close them.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wire::{ErrorResponse, SqlState};
+
+use crate::cancel::CancelRegistry;
+use crate::config::ProxySection;
+use crate::limits::ConnectionCounts;
+use crate::routes::RouteTable;
+use crate::tls::TlsServer;
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub require_tls: bool,
+    pub auth_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_message_size: usize,
+    pub max_client_connections: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self::from(&ProxySection::default())
+    }
+}
+
+impl From<&ProxySection> for ProxySettings {
+    fn from(s: &ProxySection) -> Self {
+        ProxySettings {
+            require_tls: s.require_tls,
+            auth_timeout: s.auth_timeout.0,
+            shutdown_timeout: s.shutdown_timeout.0,
+            connect_timeout: s.connect_timeout.0,
+            max_message_size: s.max_message_size.0,
+            max_client_connections: s.max_client_connections,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub settings: ProxySettings,
+    pub routes: ArcSwap<RouteTable>,
+    pub tls: Option<TlsServer>,
+    pub cancels: Arc<CancelRegistry>,
+    pub counts: ConnectionCounts,
+    /// Keys the fake SCRAM salts of unknown users; random per process.
+    pub fake_secret: [u8; 32],
+    pub shutdown: CancellationToken,
+    deadline: OnceLock<Instant>,
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl Shared {
+    pub fn shutdown_deadline(&self) -> Instant {
+        *self.deadline.get_or_init(|| Instant::now() + self.settings.shutdown_timeout)
+    }
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    pub fn new(settings: ProxySettings, routes: RouteTable, tls: Option<TlsServer>) -> Self {
+        let connections = Arc::new(Semaphore::new(settings.max_client_connections));
+        Proxy {
+            shared: Arc::new(Shared {
+                settings,
+                routes: ArcSwap::from_pointee(routes),
+                tls,
+                cancels: Arc::default(),
+                counts: ConnectionCounts::default(),
+                fake_secret: rand::random(),
+                shutdown: CancellationToken::new(),
+                deadline: OnceLock::new(),
+                connections,
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Replaces the route table. Open sessions keep the databases they started with; limits
+    /// are looked up afresh by name, so changed limits apply to them too.
+    pub fn set_routes(&self, routes: RouteTable) {
+        self.shared.routes.store(Arc::new(routes));
+    }
+
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.shared.routes.load_full()
+    }
+
+    /// Client connections being served now (including ones still authenticating).
+    pub fn connections(&self) -> usize {
+        self.shared.settings.max_client_connections - self.shared.connections.available_permits()
+    }
+
+    /// Authenticated client connections to `db` counted against its limit.
+    pub fn client_connections(&self, db: &str) -> u32 {
+        self.shared.counts.current(db)
+    }
+
+    pub fn cancel_registrations(&self) -> usize {
+        self.shared.cancels.len()
+    }
+
+    /// Accepts connections until shutdown begins.
+    pub async fn serve(&self, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        self.spawn_connection(stream, peer.to_string());
+                    }
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one already-accepted connection (any byte stream: tests use in-memory pipes).
+    pub fn spawn_connection<S>(&self, mut stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        let permit = match Arc::clone(&shared.connections).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!(%peer, "refusing connection: max_client_connections reached");
+                self.shared.tracker.spawn(async move {
+                    let e = ErrorResponse::fatal(
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        "sorry, too many clients already",
+                    );
+                    let _ = stream.write_all(&e.to_error_message()).await;
+                    let _ = stream.shutdown().await;
+                });
+                return;
+            }
+        };
+        self.shared.tracker.spawn(async move {
+            crate::session::handle(shared, stream, peer).await;
+            drop(permit);
+        });
+    }
+
+    /// Begins graceful shutdown: listeners stop, idle sessions close now, sessions inside a
+    /// transaction close when it ends or at `shutdown_timeout`.
+    pub fn shutdown(&self) {
+        self.shared.shutdown_deadline();
+        self.shared.shutdown.cancel();
+    }
+
+    /// Waits until every session has ended (at most the shutdown timeout plus a grace).
+    pub async fn drained(&self) {
+        self.shared.tracker.close();
+        let limit = self.shared.settings.shutdown_timeout + Duration::from_secs(5);
+        if tokio::time::timeout(limit, self.shared.tracker.wait()).await.is_err() {
+            tracing::warn!("sessions still open after the shutdown deadline");
+        }
+    }
+}

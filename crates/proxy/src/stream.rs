@@ -1,0 +1,119 @@
+//! The byte streams a session runs over: the client side (plain, or TLS after SSLRequest or
+//! PostgreSQL 17 direct TLS) and the upstream side (unix socket, TCP, or TLS over TCP). Both
+//! are enums rather than boxed trait objects so the relay's reads and writes stay static
+//! calls.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A stream that first yields bytes already read from it (the start of a direct TLS
+/// ClientHello that was read to tell it from a startup packet).
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Generates an enum stream that forwards every call to its variant.
+macro_rules! either_stream {
+    ($name:ident <$($g:ident),*> { $($variant:ident($ty:ty)),* $(,)? } $(where $($bound:tt)*)?) => {
+        pub enum $name<$($g),*> { $($variant($ty)),* }
+
+        impl<$($g),*> AsyncRead for $name<$($g),*> $(where $($bound)*)? {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_read(cx, buf)),* }
+            }
+        }
+
+        impl<$($g),*> AsyncWrite for $name<$($g),*> $(where $($bound)*)? {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_write(cx, buf)),* }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_flush(cx)),* }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_shutdown(cx)),* }
+            }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() { $($name::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs)),* }
+            }
+            fn is_write_vectored(&self) -> bool {
+                match self { $($name::$variant(s) => s.is_write_vectored()),* }
+            }
+        }
+    };
+}
+
+either_stream!(ClientStream<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed<S>>>),
+} where S: AsyncRead + AsyncWrite + Unpin);
+
+either_stream!(UpstreamStream<> {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+});
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+}

@@ -1,0 +1,247 @@
+//! TLS for the proxy's listeners: rustls with the ring provider, certificates from PEM files
+//! or from a local CA that Berth generates once (so `sslmode=verify-full` works against
+//! `ca.pem`), ALPN `postgresql` for PostgreSQL 17 direct TLS, and the certificate hash that
+//! SCRAM-SHA-256-PLUS binds to. Private keys are written 0600 and never logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+use tokio_rustls::TlsAcceptor;
+use wire::scram::ChannelBinding;
+
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no certificate in {0}")]
+    NoCertificate(PathBuf),
+    #[error("invalid PEM in {0}")]
+    Pem(PathBuf),
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_owned(), source }
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A ready TLS server side: the acceptor and the channel binding of its certificate.
+#[derive(Clone)]
+pub struct TlsServer {
+    pub acceptor: TlsAcceptor,
+    pub channel_binding: ChannelBinding,
+}
+
+impl TlsServer {
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let label = PathBuf::from("<memory>");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| TlsError::Pem(label.clone()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::Pem(label.clone()))?;
+        Self::from_der(chain, key, &label)
+    }
+
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain_pem = std::fs::read(cert).map_err(io(cert))?;
+        let key_pem = std::fs::read(key).map_err(io(key))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| TlsError::Pem(cert.to_owned()))?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem(key.to_owned()))?;
+        Self::from_der(chain, key_der, cert)
+    }
+
+    fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        label: &Path,
+    ) -> Result<Self, TlsError> {
+        let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate(label.to_owned()))?;
+        let channel_binding = end_point_binding(leaf);
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        Ok(TlsServer { acceptor: TlsAcceptor::from(Arc::new(config)), channel_binding })
+    }
+}
+
+/// `tls-server-end-point` binding data (RFC 5929): the certificate hashed with its signature
+/// hash, or SHA-256 when that is MD5 or SHA-1. For signatures without a single hash (Ed25519)
+/// the binding is undefined and PLUS is not offered.
+fn end_point_binding(cert: &CertificateDer<'_>) -> ChannelBinding {
+    use sha2_shim::digest;
+    match signature_hash(cert) {
+        Some(alg) => ChannelBinding::TlsServerEndPoint(digest(alg, cert)),
+        None => ChannelBinding::None,
+    }
+}
+
+mod sha2_shim {
+    //! ring's digests, which rustls already links, so no second hash crate is needed here.
+    pub(super) fn digest(alg: &'static ring::digest::Algorithm, data: &[u8]) -> Vec<u8> {
+        ring::digest::digest(alg, data).as_ref().to_vec()
+    }
+}
+
+/// Reads the outer `signatureAlgorithm` OID of a certificate and maps it to a hash.
+fn signature_hash(cert: &[u8]) -> Option<&'static ring::digest::Algorithm> {
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    let (_, outer) = der_tlv(cert, 0x30)?;
+    let (after_tbs, _) = der_skip(outer)?;
+    let (_, alg_seq) = der_tlv(after_tbs, 0x30)?;
+    let (_, oid) = der_tlv(alg_seq, 0x06)?;
+    const OIDS: &[(&[u8], u16)] = &[
+        (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05], 256), // sha1WithRSA
+        (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b], 256), // sha256WithRSA
+        (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], 384), // sha384WithRSA
+        (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], 512), // sha512WithRSA
+        (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01], 256),             // ecdsa-with-SHA1
+        (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02], 256),       // ecdsa-with-SHA256
+        (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03], 384),       // ecdsa-with-SHA384
+        (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04], 512),       // ecdsa-with-SHA512
+    ];
+    let bits = OIDS.iter().find(|(o, _)| *o == oid)?.1;
+    Some(match bits {
+        384 => &ring::digest::SHA384,
+        512 => &ring::digest::SHA512,
+        _ => &ring::digest::SHA256,
+    })
+}
+
+/// Reads one DER TLV with the expected tag; returns (rest after it, its contents).
+fn der_tlv(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *buf.first()? != tag {
+        return None;
+    }
+    let (len, hdr) = der_len(&buf[1..])?;
+    let start = 1 + hdr;
+    let end = start.checked_add(len)?;
+    Some((buf.get(end..)?, buf.get(start..end)?))
+}
+
+fn der_skip(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let tag = *buf.first()?;
+    der_tlv(buf, tag)
+}
+
+fn der_len(buf: &[u8]) -> Option<(usize, usize)> {
+    let first = *buf.first()?;
+    if first < 0x80 {
+        return Some((first as usize, 1));
+    }
+    let n = (first & 0x7f) as usize;
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let mut len = 0usize;
+    for b in buf.get(1..1 + n)? {
+        len = (len << 8) | *b as usize;
+    }
+    Some((len, 1 + n))
+}
+
+/// A local certificate authority and a server certificate it signed, as PEM.
+pub struct LocalCa {
+    pub ca_cert_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+impl LocalCa {
+    /// Generates a CA and a server certificate for `hostnames` (DNS names or IP addresses).
+    pub fn generate(hostnames: &[String]) -> Result<Self, TlsError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name.push(DnType::CommonName, "Berth local CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let server_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(hostnames.to_vec())?;
+        params.distinguished_name.push(DnType::CommonName, hostnames.first().map_or("localhost", |h| h));
+        let server_cert = params.signed_by(&server_key, &ca_cert, &ca_key)?;
+        Ok(LocalCa {
+            ca_cert_pem: ca_cert.pem(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        })
+    }
+
+    /// Loads `dir/{ca.pem,server.pem,server.key}` or creates them on first use.
+    pub fn load_or_create(dir: &Path, hostnames: &[String]) -> Result<Self, TlsError> {
+        let (ca, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+        if ca.exists() && cert.exists() && key.exists() {
+            return Ok(LocalCa {
+                ca_cert_pem: std::fs::read_to_string(&ca).map_err(io(&ca))?,
+                server_cert_pem: std::fs::read_to_string(&cert).map_err(io(&cert))?,
+                server_key_pem: std::fs::read_to_string(&key).map_err(io(&key))?,
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let generated = Self::generate(hostnames)?;
+        write_private(&key, generated.server_key_pem.as_bytes())?;
+        std::fs::write(&cert, &generated.server_cert_pem).map_err(io(&cert))?;
+        std::fs::write(&ca, &generated.ca_cert_pem).map_err(io(&ca))?;
+        tracing::info!(ca = %ca.display(), "generated a local certificate authority");
+        Ok(generated)
+    }
+
+    pub fn server(&self) -> Result<TlsServer, TlsError> {
+        TlsServer::from_pem(self.server_cert_pem.as_bytes(), self.server_key_pem.as_bytes())
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(data).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_bind_with_sha256() {
+        let ca = LocalCa::generate(&["localhost".into()]).unwrap();
+        let server = ca.server().unwrap();
+        let ChannelBinding::TlsServerEndPoint(hash) = server.channel_binding else {
+            panic!("rcgen certificates are ECDSA P-256 with SHA-256")
+        };
+        assert_eq!(hash.len(), 32);
+    }
+
+    #[test]
+    fn load_or_create_is_stable_and_key_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalCa::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+        let b = LocalCa::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+        assert_eq!(a.ca_cert_pem, b.ca_cert_pem);
+        let mode = std::fs::metadata(dir.path().join("server.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
