@@ -1,0 +1,28 @@
+# Shared by scripts/up and scripts/test: install what a fresh Debian machine lacks
+# (idempotently: nothing is installed when everything is present) and check the toolchain.
+
+ensure_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 || {
+    echo "cargo not found: install Rust (stable, 1.88 or newer) with rustup" >&2
+    exit 1
+  }
+}
+
+# PostgreSQL server and clients, and what the build needs.
+BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev)
