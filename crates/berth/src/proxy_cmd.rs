@@ -45,9 +45,10 @@ fn load_tls(file: &ConfigFile, config_path: &Path) -> anyhow::Result<Option<TlsS
     match (&p.tls_cert, &p.tls_key) {
         (Some(cert), Some(key)) => Ok(Some(TlsServer::from_files(cert, key)?)),
         (None, None) => {
-            let dir = p.tls_dir.clone().unwrap_or_else(|| {
-                config_path.parent().unwrap_or(Path::new(".")).join("berth-tls")
-            });
+            let dir = p
+                .tls_dir
+                .clone()
+                .unwrap_or_else(|| config_path.parent().unwrap_or(Path::new(".")).join("berth-tls"));
             let ca = LocalCa::load_or_create(&dir, &p.tls_hostnames)?;
             tracing::info!(ca = %dir.join("ca.pem").display(), "TLS with the local CA; clients can verify-full against ca.pem");
             Ok(Some(ca.server()?))

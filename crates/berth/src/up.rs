@@ -55,8 +55,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ssl_root_cert: None,
             tls: None,
         },
-        roles: [(APP.to_owned(), Role { name: APP.into(), verifiers: vec![verifier], upstream_password: None })]
-            .into(),
+        roles: [(
+            APP.to_owned(),
+            Role { name: APP.into(), verifiers: vec![verifier], upstream_password: None },
+        )]
+        .into(),
         limits: Limits::default(),
     }]);
     let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
@@ -70,7 +73,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let ca_path = dir.join("ca.pem");
     println!("Berth is up.");
-    println!("  connection string: postgresql://{APP}:{password}@{host}:{}/{APP}?sslmode=require", addr.port());
+    println!(
+        "  connection string: postgresql://{APP}:{password}@{host}:{}/{APP}?sslmode=require",
+        addr.port()
+    );
     println!("  CA certificate:    {} (for sslmode=verify-full&sslrootcert=...)", ca_path.display());
     println!("Press Ctrl-C to stop.");
 
