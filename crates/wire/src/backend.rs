@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::buf::{Reader, framed, put_cstr, put_nullable};
+use crate::buf::{Reader, count16, framed, put_cstr, put_nullable};
 use crate::{ErrorResponse, Frame, WireError};
 
 pub mod tag {
@@ -318,11 +318,11 @@ impl BackendMessage {
             BackendMessage::EmptyQueryResponse => framed(buf, tag::EMPTY_QUERY_RESPONSE, |_| {}),
             BackendMessage::CopyDone => framed(buf, tag::COPY_DONE, |_| {}),
             BackendMessage::ParameterDescription { types } => framed(buf, tag::PARAMETER_DESCRIPTION, |b| {
-                b.put_i16(types.len() as i16);
+                b.put_u16(count16(types.len()));
                 types.iter().for_each(|t| b.put_u32(*t));
             }),
             BackendMessage::RowDescription { fields } => framed(buf, tag::ROW_DESCRIPTION, |b| {
-                b.put_i16(fields.len() as i16);
+                b.put_u16(count16(fields.len()));
                 for f in fields {
                     put_cstr(b, &f.name);
                     b.put_u32(f.table_oid);
@@ -334,7 +334,7 @@ impl BackendMessage {
                 }
             }),
             BackendMessage::DataRow { values } => framed(buf, tag::DATA_ROW, |b| {
-                b.put_i16(values.len() as i16);
+                b.put_u16(count16(values.len()));
                 values.iter().for_each(|v| put_nullable(b, v));
             }),
             BackendMessage::CopyInResponse { format, column_formats } => {
@@ -364,7 +364,7 @@ impl BackendMessage {
 fn encode_copy_response(buf: &mut BytesMut, t: u8, format: u8, cols: &[i16]) {
     framed(buf, t, |b| {
         b.put_u8(format);
-        b.put_i16(cols.len() as i16);
+        b.put_u16(count16(cols.len()));
         cols.iter().for_each(|c| b.put_i16(*c));
     })
 }

@@ -51,10 +51,13 @@ impl<'a> Reader<'a> {
         Ok(self.buf.get_u32())
     }
 
-    /// A non-negative count, as the protocol sends it in an Int16.
+    /// A count sent in an Int16 field. PostgreSQL reads these as unsigned (`pq_getmsgint(msg,
+    /// 2)`), so up to 65535 parameters are valid.
     pub(crate) fn count16(&mut self) -> Result<usize, WireError> {
-        let n = self.i16()?;
-        usize::try_from(n).map_err(|_| self.err())
+        if self.buf.len() < 2 {
+            return Err(self.err());
+        }
+        Ok(usize::from(self.buf.get_u16()))
     }
 
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
@@ -119,4 +122,10 @@ pub(crate) fn framed(buf: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut))
     f(buf);
     let len = (buf.len() - at) as i32;
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A count for an Int16 field. Callers never build messages with more than 65535 items (the
+/// protocol cannot carry them); saturating keeps a bug from wrapping into a small count.
+pub(crate) fn count16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }

@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::buf::{Reader, framed, put_cstr, put_nullable};
+use crate::buf::{Reader, count16, framed, put_cstr, put_nullable};
 use crate::{Frame, WireError};
 
 pub mod tag {
@@ -155,17 +155,17 @@ impl FrontendMessage {
             FrontendMessage::Parse { name, query, param_types } => framed(buf, tag::PARSE, |b| {
                 put_cstr(b, name);
                 put_cstr(b, query);
-                b.put_i16(param_types.len() as i16);
+                b.put_u16(count16(param_types.len()));
                 param_types.iter().for_each(|t| b.put_u32(*t));
             }),
             FrontendMessage::Bind(bind) => framed(buf, tag::BIND, |b| {
                 put_cstr(b, &bind.portal);
                 put_cstr(b, &bind.statement);
-                b.put_i16(bind.param_formats.len() as i16);
+                b.put_u16(count16(bind.param_formats.len()));
                 bind.param_formats.iter().for_each(|f| b.put_i16(*f));
-                b.put_i16(bind.params.len() as i16);
+                b.put_u16(count16(bind.params.len()));
                 bind.params.iter().for_each(|p| put_nullable(b, p));
-                b.put_i16(bind.result_formats.len() as i16);
+                b.put_u16(count16(bind.result_formats.len()));
                 bind.result_formats.iter().for_each(|f| b.put_i16(*f));
             }),
             FrontendMessage::Execute { portal, max_rows } => framed(buf, tag::EXECUTE, |b| {

@@ -7,6 +7,9 @@ use super::attrs::{self, b64, expect, to_b64};
 use super::crypto::{self, Key};
 use super::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError};
 
+/// The most PBKDF2 iterations a server may ask of the proxy.
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+
 /// What the client proves: a password, or the keys recovered from another exchange.
 enum Secret {
     Password(Vec<u8>),
@@ -100,6 +103,11 @@ impl ScramClient {
         }
         if !attrs::valid_nonce(nonce) || iterations == 0 {
             return Err(ScramError::Malformed);
+        }
+        // PostgreSQL's default is 4096; a server asking for millions would keep a core busy
+        // for seconds per login.
+        if iterations > MAX_ITERATIONS {
+            return Err(ScramError::TooManyIterations(iterations));
         }
         let (client_key, server_key) = match &self.secret {
             Secret::Password(pw) => {
@@ -258,6 +266,17 @@ mod tests {
                 client.handle_server_final(done.as_bytes()).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn absurd_iteration_counts_are_refused() {
+        let mut client = ScramClient::new("pw", ChannelBinding::None, &["SCRAM-SHA-256".to_owned()]).unwrap();
+        let nonce = client.client_first()["n,,n=,r=".len()..].to_owned();
+        let first = format!("r={nonce}xyz,s=c2FsdA==,i={}", MAX_ITERATIONS + 1);
+        assert_eq!(
+            client.handle_server_first(first.as_bytes()),
+            Err(ScramError::TooManyIterations(MAX_ITERATIONS + 1))
+        );
     }
 
     #[test]

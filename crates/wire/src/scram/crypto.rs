@@ -29,9 +29,11 @@ pub(crate) fn normalize_password(password: &str) -> Vec<u8> {
     if password.is_ascii() {
         return password.as_bytes().to_vec();
     }
+    // An empty result counts as prohibited, as in PostgreSQL's pg_saslprep: a password made
+    // only of characters mapped to nothing must not become the empty password.
     match stringprep::saslprep(password) {
-        Ok(p) => p.into_owned().into_bytes(),
-        Err(_) => password.as_bytes().to_vec(),
+        Ok(p) if !p.is_empty() => p.into_owned().into_bytes(),
+        _ => password.as_bytes().to_vec(),
     }
 }
 

@@ -10,7 +10,7 @@ mod crypto;
 mod server;
 mod verifier;
 
-pub use client::ScramClient;
+pub use client::{MAX_ITERATIONS, ScramClient};
 pub use server::ScramServer;
 pub use verifier::{DEFAULT_ITERATIONS, ScramVerifier};
 
@@ -69,6 +69,8 @@ pub enum ScramError {
     ServerSignatureMismatch,
     #[error("server reported error: {0}")]
     ServerError(String),
+    #[error("server asks for {0} iterations, more than the proxy allows")]
+    TooManyIterations(u32),
     #[error("invalid SCRAM verifier")]
     InvalidVerifier,
     #[error("message out of order")]

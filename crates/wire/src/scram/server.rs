@@ -146,10 +146,8 @@ impl ScramServer {
         let a = attrs::split(without_proof)?;
         let cbind = b64(expect(&a, 0, b'c')?)?;
         let mut expected_cbind = gs2_header.into_bytes();
-        if bound {
-            if let ChannelBinding::TlsServerEndPoint(hash) = &self.channel_binding {
-                expected_cbind.extend_from_slice(hash);
-            }
+        if bound && let ChannelBinding::TlsServerEndPoint(hash) = &self.channel_binding {
+            expected_cbind.extend_from_slice(hash);
         }
         if !bool::from(cbind.ct_eq(&expected_cbind)) {
             return Err(ScramError::ChannelBindingMismatch);
