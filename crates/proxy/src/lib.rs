@@ -24,3 +24,4 @@ pub use config::{ConfigError, ConfigFile};
 pub use routes::{Database, Limits, Role, RouteTable, SslMode, Upstream, UpstreamAddr};
 pub use server::{Proxy, ProxySettings};
 pub use tls::{LocalCa, TlsServer};
+pub use upstream_tls::client_config as upstream_tls_config;

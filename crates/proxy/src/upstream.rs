@@ -113,6 +113,17 @@ pub async fn connect(
     let mut scram: Option<ScramClient> = None;
     let mut startup_frames = BytesMut::new();
     let mut key: Option<(i32, i32)> = None;
+    let mut authenticated = false;
+    let login_failed = |detail: String| {
+        SessionError::new(
+            ErrorKind::Upstream,
+            format!("upstream authentication for role {}: {detail}", role.name),
+            Some(ErrorResponse::fatal(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("the proxy could not authenticate to database \"{}\"", db.name),
+            )),
+        )
+    };
     loop {
         let frame = read_frame(&mut stream, &mut buf).await.map_err(|e| unavailable(db, e))?;
         match frame.tag {
@@ -123,16 +134,8 @@ pub async fn connect(
                     unreachable!("tag R decodes to Authentication")
                 };
                 out.clear();
-                answer_auth(auth, role, keys, &mut scram, &mut out).map_err(|e| {
-                    SessionError::new(
-                        ErrorKind::Upstream,
-                        format!("upstream authentication for role {}: {e}", role.name),
-                        Some(ErrorResponse::fatal(
-                            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                            format!("the proxy could not authenticate to database \"{}\"", db.name),
-                        )),
-                    )
-                })?;
+                authenticated = matches!(auth, Authentication::Ok);
+                answer_auth(auth, role, keys, &mut scram, &mut out).map_err(login_failed)?;
                 if !out.is_empty() {
                     stream.write_all(&out).await.map_err(|e| unavailable(db, e.to_string()))?;
                 }
@@ -155,6 +158,12 @@ pub async fn connect(
             }
             tag::ERROR_RESPONSE => {
                 let err = ErrorResponse::decode(&frame.body).map_err(|e| unavailable(db, e.to_string()))?;
+                // A refusal of the proxy's own credentials means nothing to the client, who
+                // authenticated fine: say what failed. Anything after authentication (a bad
+                // `options` setting, a missing database) is the server's word for the client.
+                if !authenticated && err.code().is_some_and(|c| c.class() == "28") {
+                    return Err(login_failed(err.to_string()));
+                }
                 return Err(SessionError::new(
                     ErrorKind::Upstream,
                     format!("upstream refused: {err}"),

@@ -5,6 +5,7 @@
 
 mod pg;
 mod proxy;
+pub mod raw;
 
 pub use pg::TestPg;
 pub use proxy::{TestProxy, client_tls, route};
