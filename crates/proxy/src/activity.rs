@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub transaction_since: Option<Instant>,
     pub idle_since: Instant,
     pub cancel: Option<CancelReason>,
+    /// The server sent CopyInResponse and the client has not yet sent CopyDone or CopyFail.
+    pub copy_in: bool,
 }
 
 impl Snapshot {
@@ -49,6 +51,7 @@ impl Activity {
                 transaction_since: (status != TransactionStatus::Idle).then_some(now),
                 idle_since: now,
                 cancel: None,
+                copy_in: false,
             }),
             changed: Notify::new(),
         }
@@ -96,6 +99,31 @@ impl Activity {
         })
     }
 
+    /// The server sent CopyInResponse: until the client ends the copy, the server ignores
+    /// the Syncs it receives.
+    pub fn copy_in_started(&self) {
+        self.update(|s| s.copy_in = true)
+    }
+
+    /// The client sent CopyDone or CopyFail after `syncs` Syncs since the Execute or Query
+    /// that started the copy. If the server was in copy-in mode it ignored those Syncs
+    /// (tokio-postgres sends one right after the Execute), so no ReadyForQuery will answer
+    /// them. Without a CopyInResponse first, the COPY failed to start and every Sync is
+    /// answered as usual.
+    pub fn copy_in_ended(&self, syncs: u32) {
+        self.update(|s| {
+            if !std::mem::take(&mut s.copy_in) || syncs == 0 {
+                return;
+            }
+            s.pending = s.pending.saturating_sub(syncs);
+            if s.pending == 0 {
+                s.busy_since = None;
+                s.cancel = None;
+                s.idle_since = Instant::now();
+            }
+        })
+    }
+
     pub fn set_cancel(&self, reason: CancelReason) {
         self.update(|s| s.cancel = Some(reason))
     }
@@ -127,5 +155,25 @@ mod tests {
         a.ready(TransactionStatus::Idle);
         let s = a.snapshot();
         assert!(s.is_idle() && s.transaction_since.is_none() && s.busy_since.is_none());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_not_awaited() {
+        // Bind, Execute, Sync; CopyInResponse; CopyData, CopyDone, Sync; one ReadyForQuery.
+        let a = Activity::new(TransactionStatus::Idle);
+        a.round_trip_sent();
+        a.copy_in_started();
+        a.copy_in_ended(1);
+        a.round_trip_sent();
+        a.ready(TransactionStatus::Idle);
+        assert!(a.snapshot().is_idle());
+        // A COPY that failed to start: both Syncs are answered.
+        a.round_trip_sent();
+        a.copy_in_ended(1);
+        a.round_trip_sent();
+        a.ready(TransactionStatus::Idle);
+        assert_eq!(a.snapshot().pending, 1);
+        a.ready(TransactionStatus::Idle);
+        assert!(a.snapshot().is_idle());
     }
 }

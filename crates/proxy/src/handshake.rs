@@ -168,7 +168,11 @@ pub fn check_version(startup: &StartupMessage) -> Result<Option<BackendMessage>,
     let unrecognized: Vec<String> =
         startup.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
     if v > ProtocolVersion::V3_0 || !unrecognized.is_empty() {
-        return Ok(Some(BackendMessage::NegotiateProtocolVersion { newest_minor: 0, unrecognized }));
+        // Despite the field's name in the protocol docs, PostgreSQL sends its whole newest
+        // version word here (PG_PROTOCOL_LATEST, 3.0 = 0x00030000), and clients compare it
+        // with the version they asked for: a bare 0 reads as protocol 0.0.
+        let newest = (i32::from(ProtocolVersion::V3_0.major) << 16) | i32::from(ProtocolVersion::V3_0.minor);
+        return Ok(Some(BackendMessage::NegotiateProtocolVersion { newest_minor: newest, unrecognized }));
     }
     Ok(None)
 }

@@ -70,6 +70,8 @@ where
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // Bytes of the current frame's body still to pass through.
     let mut remaining = 0usize;
+    // Syncs since the last Execute or Query: the ones a COPY FROM STDIN would swallow.
+    let mut syncs_since_execute = 0u32;
     loop {
         reserve(&mut buf);
         match rd.read_buf(&mut buf).await {
@@ -91,6 +93,14 @@ where
                 Ok(Some((tag, len))) => {
                     if ends_round_trip(tag) {
                         activity.round_trip_sent();
+                    }
+                    match tag {
+                        frontend::EXECUTE | frontend::QUERY => syncs_since_execute = 0,
+                        frontend::SYNC => syncs_since_execute = syncs_since_execute.saturating_add(1),
+                        frontend::COPY_DONE | frontend::COPY_FAIL => {
+                            activity.copy_in_ended(std::mem::take(&mut syncs_since_execute))
+                        }
+                        _ => {}
                     }
                     pos += HEADER_LEN;
                     remaining = len;
@@ -220,7 +230,10 @@ where
                         _ => pos += HEADER_LEN + len,
                     }
                 }
-                _ => {
+                tag => {
+                    if tag == backend::COPY_IN_RESPONSE {
+                        activity.copy_in_started();
+                    }
                     pos += HEADER_LEN;
                     remaining = len;
                 }

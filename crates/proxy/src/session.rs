@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use wire::backend::{BackendMessage, TransactionStatus};
 use wire::scram::ChannelBinding;
@@ -188,7 +188,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Established { client, upstream, db, status, cancel, target, .. } = session;
-    let (client_rd, client_wr) = tokio::io::split(client);
+    let (mut client_rd, client_wr) = tokio::io::split(client);
     let (server_rd, server_wr) = tokio::io::split(upstream);
     let activity = Activity::new(status);
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(2);
@@ -200,37 +200,61 @@ where
         err
     };
 
-    let c2s = {
-        let ctl = ctl_tx.clone();
-        let activity = &activity;
-        let max = shared.settings.max_message_size;
-        async move {
-            let end = client_to_server(client_rd, server_wr, max, activity).await;
-            let control = match &end {
-                ClientEnd::Protocol(e) => Control::Fatal(e.clone()),
-                _ => Control::Close,
-            };
-            let _ = ctl.send(control).await;
-            end
-        }
-    };
-    let s2c = server_to_client(server_rd, client_wr, &activity, &mut ctl_rx, &reword);
-    let dog = watchdog(shared, &db_name, &activity, ctl_tx, &target);
-    tokio::pin!(c2s, s2c, dog);
-    let mut client_end = None;
-    let mut dog_done = false;
-    let end = loop {
-        tokio::select! {
-            e = &mut s2c => break End::Server(e),
-            e = &mut c2s, if client_end.is_none() => client_end = Some(e),
-            () = &mut dog, if !dog_done => dog_done = true,
-        }
+    // The relay borrows the client's read half so that it is still here to drain when the
+    // relay has stopped (see `linger`).
+    let (end, client_end) = {
+        let c2s = {
+            let ctl = ctl_tx.clone();
+            let activity = &activity;
+            let max = shared.settings.max_message_size;
+            let client_rd = &mut client_rd;
+            async move {
+                let end = client_to_server(client_rd, server_wr, max, activity).await;
+                let control = match &end {
+                    ClientEnd::Protocol(e) => Control::Fatal(e.clone()),
+                    _ => Control::Close,
+                };
+                let _ = ctl.send(control).await;
+                end
+            }
+        };
+        let s2c = server_to_client(server_rd, client_wr, &activity, &mut ctl_rx, &reword);
+        let dog = watchdog(shared, &db_name, &activity, ctl_tx, &target);
+        tokio::pin!(c2s, s2c, dog);
+        let mut client_end = None;
+        let mut dog_done = false;
+        let end = loop {
+            tokio::select! {
+                e = &mut s2c => break End::Server(e),
+                e = &mut c2s, if client_end.is_none() => client_end = Some(e),
+                () = &mut dog, if !dog_done => dog_done = true,
+            }
+        };
+        (end, client_end)
     };
     drop(cancel);
+    if matches!(client_end, Some(ClientEnd::Protocol(_))) {
+        linger(&mut client_rd).await;
+    }
     match (end, client_end) {
         (End::Server(ServerEnd::Stopped(Control::Close)), Some(c)) => End::Client(c),
         (end, _) => end,
     }
+}
+
+/// How long a client that broke the protocol may go on sending after its FATAL.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Reads and discards what the client still sends after a protocol violation (the rest of
+/// an oversized message, typically) until it closes, for at most `LINGER`. Closing a socket
+/// with unread input makes the kernel send a reset, and a client still writing then fails
+/// on the write and never reads the FATAL that explains why.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let drain = async {
+        let mut sink = vec![0u8; 16 * 1024];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 fn shared_limit_text(db: &Database) -> String {

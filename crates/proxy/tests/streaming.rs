@@ -2,6 +2,10 @@
 //! client: pipelined extended-protocol batches, Sync storms, server errors that must reach
 //! the client while it is still sending, and PostgreSQL's own errors for broken sequences.
 
+// Setup helpers outside #[test] functions unwrap too; clippy.toml's allow-unwrap-in-tests
+// does not reach them.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use proxy::{Limits, ProxySettings, RouteTable};

@@ -2,6 +2,10 @@
 //! password, SCRAM pass-through with the client's own keys, MD5, cleartext, and TCP with TLS
 //! verified against a CA (the upstream being a second Berth proxy in front of PostgreSQL).
 
+// Setup helpers outside #[test] functions unwrap too; clippy.toml's allow-unwrap-in-tests
+// does not reach them.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use proxy::routes::Role;
