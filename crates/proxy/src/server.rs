@@ -7,18 +7,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wire::{ErrorResponse, SqlState};
 
 use crate::cancel::CancelRegistry;
 use crate::config::ProxySection;
 use crate::limits::ConnectionCounts;
 use crate::routes::RouteTable;
 use crate::tls::TlsServer;
+
+/// How many connections over the limit may be in their TLS handshake at once to be told
+/// why they are refused; beyond that they are dropped.
+const MAX_CONCURRENT_REFUSALS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -60,6 +63,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     deadline: OnceLock<Instant>,
     connections: Arc<Semaphore>,
+    /// Connections being refused (TLS and startup only, then 53300).
+    refusals: Arc<Semaphore>,
     tracker: TaskTracker,
 }
 
@@ -88,6 +93,7 @@ impl Proxy {
                 shutdown: CancellationToken::new(),
                 deadline: OnceLock::new(),
                 connections,
+                refusals: Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS)),
                 tracker: TaskTracker::new(),
             }),
         }
@@ -138,7 +144,7 @@ impl Proxy {
     }
 
     /// Serves one already-accepted connection (any byte stream: tests use in-memory pipes).
-    pub fn spawn_connection<S>(&self, mut stream: S, peer: String)
+    pub fn spawn_connection<S>(&self, stream: S, peer: String)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -146,14 +152,17 @@ impl Proxy {
         let permit = match Arc::clone(&shared.connections).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
+                // Refuse as PostgreSQL does, after TLS and the startup packet, so TLS clients
+                // can show the error (and cancel requests still get through). Refusals are
+                // capped separately so a flood cannot make them the new bottleneck.
+                let Ok(refusal) = Arc::clone(&shared.refusals).try_acquire_owned() else {
+                    tracing::warn!(%peer, "dropping connection: max_client_connections reached");
+                    return;
+                };
                 tracing::warn!(%peer, "refusing connection: max_client_connections reached");
                 self.shared.tracker.spawn(async move {
-                    let e = ErrorResponse::fatal(
-                        SqlState::TOO_MANY_CONNECTIONS,
-                        "sorry, too many clients already",
-                    );
-                    let _ = stream.write_all(&e.to_error_message()).await;
-                    let _ = stream.shutdown().await;
+                    crate::session::refuse(shared, stream, peer).await;
+                    drop(refusal);
                 });
                 return;
             }

@@ -59,6 +59,33 @@ where
     tracing::info!(%peer, %db, %user, reason = %end, "session ended");
 }
 
+/// Answers a connection over the proxy-wide limit: TLS and startup as usual, then
+/// `53300`. Cancel requests are still honoured, as PostgreSQL does.
+pub(crate) async fn refuse<S>(shared: Arc<Shared>, raw: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let negotiated = tokio::time::timeout(
+        shared.settings.auth_timeout,
+        negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls),
+    )
+    .await;
+    match negotiated {
+        Ok(Ok(Negotiated::Startup { mut stream, .. })) => {
+            let e = SessionError::fatal(
+                ErrorKind::Limit,
+                SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            );
+            let e = send_error(&mut stream, e).await;
+            log_end(&peer, &e);
+        }
+        Ok(Ok(Negotiated::Cancel(req))) => handle_cancel(&shared, req).await,
+        Ok(Err(e)) => log_end(&peer, &e),
+        Err(_) => tracing::info!(%peer, "closing refused connection: authentication timeout"),
+    }
+}
+
 fn log_end(peer: &str, e: &SessionError) {
     match e.kind {
         ErrorKind::Disconnect => {

@@ -200,7 +200,6 @@ async fn too_many_clients_for_the_proxy() {
 /// (since the CVE-2024-10977 fix) prints "server sent an error response during SSL
 /// exchange", tokio-postgres "server does not support TLS".
 #[tokio::test]
-#[ignore = "proxy bug: the global connection limit refuses in plaintext before TLS, so TLS clients never see 53300"]
 async fn too_many_clients_error_reaches_tls_clients() {
     let settings = proxy::ProxySettings { max_client_connections: 1, ..Default::default() };
     let s = common::stack_with(proxy::Limits::default(), settings).await;
