@@ -61,6 +61,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         )]
         .into(),
         limits: Limits::default(),
+        pool: proxy::PoolConfig::default(),
     }]);
     let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
     let listener = TcpListener::bind(args.direct_listen)

@@ -89,6 +89,8 @@ pub struct DatabaseSection {
     pub transaction_timeout: Option<Seconds>,
     pub idle_timeout: Option<Seconds>,
     pub idle_in_transaction_timeout: Option<Seconds>,
+    #[serde(default)]
+    pub pool: crate::routes::PoolConfig,
 }
 
 #[derive(Deserialize)]

@@ -21,7 +21,7 @@ mod upstream;
 mod upstream_tls;
 
 pub use config::{ConfigError, ConfigFile};
-pub use routes::{Database, Limits, Role, RouteTable, SslMode, Upstream, UpstreamAddr};
+pub use routes::{Database, Limits, PoolConfig, PoolMode, Role, RouteTable, SslMode, Upstream, UpstreamAddr};
 pub use server::{Proxy, ProxySettings};
 pub use tls::{LocalCa, TlsServer};
 pub use upstream_tls::client_config as upstream_tls_config;

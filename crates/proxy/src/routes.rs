@@ -87,6 +87,7 @@ impl RouteTable {
                     .map_err(|e| err(&format!("upstream TLS: {e}")))?,
                 },
                 roles,
+                pool: section.pool.clone(),
                 limits: Limits {
                     max_client_connections: section.max_client_connections,
                     query_timeout: section.query_timeout.map(|s| s.0),
@@ -107,6 +108,64 @@ pub struct Database {
     pub upstream: Upstream,
     pub roles: HashMap<String, Role>,
     pub limits: Limits,
+    /// How the pooled listener shares server connections for this database.
+    pub pool: PoolConfig,
+}
+
+/// Pooling settings per database, in PgBeam's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Most server connections per (database, role).
+    pub pool_size: u32,
+    /// Server connections kept open even when idle.
+    pub min_pool_size: u32,
+    pub pool_mode: PoolMode,
+    /// Most clients that may hold or wait for a server at once; `None` is unbounded.
+    pub max_active: Option<u32>,
+    /// How long a client waits for a server before it gets an error.
+    #[serde(with = "humantime_serde_compat")]
+    pub pool_timeout: Duration,
+    /// Idle server connections above `min_pool_size` are closed after this long.
+    #[serde(with = "humantime_serde_compat")]
+    pub server_idle_timeout: Duration,
+    /// Server connections are replaced once they are this old (when idle).
+    #[serde(with = "humantime_serde_compat")]
+    pub server_lifetime: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            pool_size: 20,
+            min_pool_size: 0,
+            pool_mode: PoolMode::Transaction,
+            max_active: None,
+            pool_timeout: Duration::from_secs(30),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
 }
 
 #[derive(Debug, Clone)]
