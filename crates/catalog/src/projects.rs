@@ -1,0 +1,310 @@
+//! Projects with their `main` branch and owner role. A project is created together with its
+//! provisioning job in one transaction, so there is never a project without a job or a job
+//! for a project that does not exist. A project in state `deleting` is invisible to lookups
+//! and gives its name back at once.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Catalog;
+use crate::error::CatalogError;
+use crate::jobs::{Job, NewJob};
+use crate::page::Page;
+
+/// The states of a project.
+pub mod state {
+    pub const PROVISIONING: &str = "provisioning";
+    pub const READY: &str = "ready";
+    pub const FAILED: &str = "failed";
+    pub const DELETING: &str = "deleting";
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Project {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    /// `provisioning`, `ready`, `failed` or `deleting`.
+    pub state: String,
+    #[sqlx(flatten)]
+    pub limits: ProjectLimits,
+    pub pool_config: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Per-project limits the proxy applies; `None` means no limit of that kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ProjectLimits {
+    pub max_direct_connections: Option<i32>,
+    pub max_pooled_connections: Option<i32>,
+    pub query_timeout_ms: Option<i64>,
+    pub transaction_timeout_ms: Option<i64>,
+    pub idle_timeout_ms: Option<i64>,
+    pub idle_in_transaction_timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Branch {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, sqlx::FromRow)]
+pub struct ProjectRole {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub password_ciphertext: Vec<u8>,
+    pub verifier: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ProjectRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectRole").field("id", &self.id).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Everything a new project starts with; ids are made by the caller, which also seals the
+/// password (the role id is its encryption context).
+#[derive(Debug, Clone)]
+pub struct NewProject {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub limits: ProjectLimits,
+    pub pool_config: serde_json::Value,
+    pub branch_id: String,
+    pub role: NewRole,
+}
+
+#[derive(Clone)]
+pub struct NewRole {
+    pub id: String,
+    pub name: String,
+    pub password_ciphertext: Vec<u8>,
+    pub verifier: String,
+}
+
+impl std::fmt::Debug for NewRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRole").field("id", &self.id).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+// Returned once per request and matched at once; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum CreateProject {
+    Created { project: Project, branch: Branch, job: Job },
+    NameTaken,
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum DeleteProject {
+    Started {
+        project: Project,
+        job: Job,
+    },
+    NotFound,
+    /// Another job on the project is pending or running.
+    Blocked(Job),
+}
+
+/// Restricts lookups to one organization and, for project-scoped keys, one project.
+const VISIBLE: &str = "organization_id = $1 AND ($2::text IS NULL OR id = $2) AND state <> 'deleting'";
+
+impl Catalog {
+    pub async fn create_project(
+        &self,
+        new: &NewProject,
+        job: &NewJob,
+    ) -> Result<CreateProject, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query_as(
+            "INSERT INTO projects (id, organization_id, name, state, max_direct_connections, \
+             max_pooled_connections, query_timeout_ms, transaction_timeout_ms, idle_timeout_ms, \
+             idle_in_transaction_timeout_ms, pool_config) \
+             VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+        )
+        .bind(&new.id)
+        .bind(&new.organization_id)
+        .bind(&new.name)
+        .bind(new.limits.max_direct_connections)
+        .bind(new.limits.max_pooled_connections)
+        .bind(new.limits.query_timeout_ms)
+        .bind(new.limits.transaction_timeout_ms)
+        .bind(new.limits.idle_timeout_ms)
+        .bind(new.limits.idle_in_transaction_timeout_ms)
+        .bind(&new.pool_config)
+        .fetch_one(&mut *tx)
+        .await;
+        let project: Project = match inserted {
+            Ok(p) => p,
+            Err(e) if CatalogError::is_unique_violation(&e, "projects_name_in_org") => {
+                return Ok(CreateProject::NameTaken);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let branch: Branch =
+            sqlx::query_as("INSERT INTO branches (id, project_id, name) VALUES ($1, $2, 'main') RETURNING *")
+                .bind(&new.branch_id)
+                .bind(&new.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO roles (id, project_id, name, password_ciphertext, verifier) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&new.role.id)
+        .bind(&new.id)
+        .bind(&new.role.name)
+        .bind(&new.role.password_ciphertext)
+        .bind(&new.role.verifier)
+        .execute(&mut *tx)
+        .await?;
+        let job = crate::jobs::insert(&mut tx, job).await?;
+        tx.commit().await?;
+        Ok(CreateProject::Created { project, branch, job })
+    }
+
+    /// A visible project by id or name (`scope`: the only project a project key may see).
+    pub async fn find_project(
+        &self,
+        organization_id: &str,
+        scope: Option<&str>,
+        id_or_name: &str,
+    ) -> Result<Option<Project>, CatalogError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT * FROM projects WHERE {VISIBLE} AND (id = $3 OR name = $3) ORDER BY id = $3 DESC LIMIT 1"
+        ))
+        .bind(organization_id)
+        .bind(scope)
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn list_projects(
+        &self,
+        organization_id: &str,
+        scope: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Project>, CatalogError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT * FROM projects WHERE {VISIBLE} AND id > $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(organization_id)
+        .bind(scope)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.limit_plus_one())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Replaces the limits and pool settings of a visible project.
+    pub async fn update_project_settings(
+        &self,
+        project_id: &str,
+        limits: &ProjectLimits,
+        pool_config: &serde_json::Value,
+    ) -> Result<Option<Project>, CatalogError> {
+        Ok(sqlx::query_as(
+            "UPDATE projects SET max_direct_connections = $2, max_pooled_connections = $3, \
+             query_timeout_ms = $4, transaction_timeout_ms = $5, idle_timeout_ms = $6, \
+             idle_in_transaction_timeout_ms = $7, pool_config = $8, updated_at = now() \
+             WHERE id = $1 AND state <> 'deleting' RETURNING *",
+        )
+        .bind(project_id)
+        .bind(limits.max_direct_connections)
+        .bind(limits.max_pooled_connections)
+        .bind(limits.query_timeout_ms)
+        .bind(limits.transaction_timeout_ms)
+        .bind(limits.idle_timeout_ms)
+        .bind(limits.idle_in_transaction_timeout_ms)
+        .bind(pool_config)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Marks a visible project `deleting` and enqueues `job(project)`, unless a job on the
+    /// project is pending or running.
+    pub async fn delete_project(
+        &self,
+        organization_id: &str,
+        scope: Option<&str>,
+        id_or_name: &str,
+        job: impl FnOnce(&Project) -> NewJob,
+    ) -> Result<DeleteProject, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let project: Option<Project> = sqlx::query_as(&format!(
+            "SELECT * FROM projects WHERE {VISIBLE} AND (id = $3 OR name = $3) \
+             ORDER BY id = $3 DESC LIMIT 1 FOR UPDATE"
+        ))
+        .bind(organization_id)
+        .bind(scope)
+        .bind(id_or_name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(project) = project else { return Ok(DeleteProject::NotFound) };
+        if let Some(blocking) = crate::jobs::active_on(&mut tx, &project.id).await? {
+            return Ok(DeleteProject::Blocked(blocking));
+        }
+        let project: Project = sqlx::query_as(
+            "UPDATE projects SET state = 'deleting', updated_at = now() WHERE id = $1 RETURNING *",
+        )
+        .bind(&project.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = crate::jobs::insert(&mut tx, &job(&project)).await?;
+        tx.commit().await?;
+        Ok(DeleteProject::Started { project, job })
+    }
+
+    /// A project by id whatever its state (for job handlers).
+    pub async fn project(&self, id: &str) -> Result<Option<Project>, CatalogError> {
+        Ok(sqlx::query_as("SELECT * FROM projects WHERE id = $1").bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn set_project_state(&self, id: &str, state: &str) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE projects SET state = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the project and everything hanging off it (branches, roles, its keys).
+    pub async fn purge_project(&self, id: &str) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM projects WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn branches(&self, project_id: &str) -> Result<Vec<Branch>, CatalogError> {
+        Ok(sqlx::query_as("SELECT * FROM branches WHERE project_id = $1 ORDER BY id")
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn roles(&self, project_id: &str) -> Result<Vec<ProjectRole>, CatalogError> {
+        Ok(sqlx::query_as("SELECT * FROM roles WHERE project_id = $1 ORDER BY id")
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Branches whose instances should be running: those of ready projects.
+    pub async fn branches_to_run(&self) -> Result<Vec<Branch>, CatalogError> {
+        Ok(sqlx::query_as(
+            "SELECT b.* FROM branches b JOIN projects p ON p.id = b.project_id \
+             WHERE p.state = 'ready' ORDER BY b.id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
