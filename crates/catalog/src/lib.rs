@@ -61,6 +61,17 @@ impl Catalog {
         Ok(Catalog { pool })
     }
 
+    /// Connects over a unix socket in `dir` (a local instance: trust authentication).
+    pub async fn connect_socket(
+        dir: &std::path::Path,
+        port: u16,
+        user: &str,
+        database: &str,
+    ) -> Result<Catalog, CatalogError> {
+        Self::connect_with(PgConnectOptions::new().socket(dir).port(port).username(user).database(database))
+            .await
+    }
+
     /// Connects to a `postgresql://` URL. The URL may hold a password: errors never quote it.
     pub async fn connect(url: &Secret) -> Result<Catalog, CatalogError> {
         let options = PgConnectOptions::from_str(url.expose()).map_err(|_| CatalogError::InvalidUrl)?;

@@ -8,18 +8,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use catalog::{Catalog, Failure, NewJob, RetryClassification, job_state};
-use sqlx::postgres::PgConnectOptions;
 use testkit::TestPg;
 
 const LEASE: Duration = Duration::from_secs(30);
 
 async fn catalog(pg: &TestPg) -> Catalog {
-    let options = PgConnectOptions::new()
-        .socket(pg.socket_dir())
-        .port(pg.port())
-        .username("postgres")
-        .database("postgres");
-    let catalog = Catalog::connect_with(options).await.unwrap();
+    let catalog = Catalog::connect_socket(pg.socket_dir(), pg.port(), "postgres", "postgres").await.unwrap();
     catalog.migrate().await.unwrap();
     catalog
 }

@@ -1,1 +1,67 @@
-//! The control plane: HTTP API, API-key auth, the job queue worker and its handlers.
+//! The control plane: the HTTP API (axum, OpenAPI 3.1 at `/v1/openapi.json`) with API-key
+//! authentication, the job worker and its handlers, and the supervision of the machine's
+//! PostgreSQL instances. It reads and writes the catalog and runs instances through `node`;
+//! it never touches the proxy, which learns about projects from the route sync in the
+//! binary.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod auth;
+pub mod error;
+pub mod events;
+pub mod handlers;
+pub mod instances;
+pub mod names;
+pub mod views;
+pub mod worker;
+
+use std::sync::Arc;
+
+use catalog::{Catalog, MasterKey};
+
+pub use api::router;
+pub use events::JobEvents;
+pub use instances::Instances;
+pub use worker::{Worker, WorkerSettings};
+
+/// Where clients reach projects: what connection strings point at.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Host name in connection strings (`localhost` verifies against the local CA).
+    pub host: String,
+    pub pooled_port: u16,
+    pub direct_port: u16,
+}
+
+/// Everything the API and the worker share.
+pub struct Control {
+    pub catalog: Catalog,
+    pub master_key: MasterKey,
+    pub endpoints: Endpoints,
+    pub instances: Arc<Instances>,
+    pub events: JobEvents,
+    pub worker: WorkerSettings,
+    /// Attempts a provisioning job gets.
+    pub max_attempts: i32,
+}
+
+impl Control {
+    pub fn new(
+        catalog: Catalog,
+        master_key: MasterKey,
+        endpoints: Endpoints,
+        instances: Arc<Instances>,
+        worker: WorkerSettings,
+    ) -> Arc<Control> {
+        Arc::new(Control {
+            catalog,
+            master_key,
+            endpoints,
+            instances,
+            events: JobEvents::default(),
+            worker,
+            max_attempts: 3,
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! Connection strings, credentials included, pointing at the proxy with `sslmode=require`,
+//! in the shapes other platforms' clients already read: `{connectionUri, branch, pooled}`
+//! (also under `/database/v1`) and `{"connections": {direct_url, pooled_url, username}}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use catalog::{Scope, Secret};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::projects::find;
+use super::query;
+use crate::Control;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::names::owner_role;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionQuery {
+    /// Branch name; the default branch `main` when absent.
+    pub branch: Option<String>,
+    /// The pooled port (true) or the direct one (false, the default).
+    pub pooled: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    pub connection_uri: String,
+    pub branch: String,
+    pub pooled: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Connections {
+    pub connections: ConnectionSet,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionSet {
+    pub direct_url: String,
+    pub pooled_url: String,
+    pub username: String,
+}
+
+/// Percent-encodes everything but unreserved URI characters.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Credentials {
+    username: String,
+    password: Secret,
+    database: String,
+}
+
+async fn credentials(
+    control: &Control,
+    caller: &Caller,
+    id: &str,
+    branch: Option<&str>,
+) -> Result<(Credentials, String), ApiError> {
+    let project = find(control, caller, id).await?;
+    let branch = branch.unwrap_or("main");
+    let branches = control.catalog.branches(&project.id).await?;
+    if !branches.iter().any(|b| b.name == branch) {
+        return Err(ApiError::not_found("branch"));
+    }
+    let username = owner_role(&project.name);
+    let role = control
+        .catalog
+        .roles(&project.id)
+        .await?
+        .into_iter()
+        .find(|r| r.name == username)
+        .ok_or_else(|| ApiError::not_found("owner role"))?;
+    let password = control.master_key.open_secret(&role.password_ciphertext, &role.id)?;
+    // DESIGN.md: `<project>` routes to the default branch, `<project>.<branch>` to others.
+    let database = if branch == "main" { project.name.clone() } else { format!("{}.{branch}", project.name) };
+    Ok((Credentials { username, password, database }, branch.to_owned()))
+}
+
+fn uri(control: &Control, c: &Credentials, pooled: bool) -> String {
+    let e = &control.endpoints;
+    let port = if pooled { e.pooled_port } else { e.direct_port };
+    format!(
+        "postgresql://{}:{}@{}:{port}/{}?sslmode=require",
+        encode(&c.username),
+        encode(c.password.expose()),
+        e.host,
+        encode(&c.database)
+    )
+}
+
+#[utoipa::path(get, path = "/v1/projects/{id}/connection", tag = "connections",
+    params(("id" = String, Path, description = "Project id or name"), ConnectionQuery),
+    responses((status = 200, body = Connection), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = ["credentials:read"])))]
+pub async fn connection(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<ConnectionQuery>, QueryRejection>,
+) -> Result<Json<Connection>, ApiError> {
+    caller.require(Scope::CredentialsRead)?;
+    let q = query(q)?;
+    let (creds, branch) = credentials(&control, &caller, &id, q.branch.as_deref()).await?;
+    let pooled = q.pooled.unwrap_or(false);
+    Ok(Json(Connection { connection_uri: uri(&control, &creds, pooled), branch, pooled }))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{id}/connections", tag = "connections",
+    params(("id" = String, Path, description = "Project id or name")),
+    responses((status = 200, body = Connections), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = ["credentials:read"])))]
+pub async fn connections(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Connections>, ApiError> {
+    caller.require(Scope::CredentialsRead)?;
+    let (creds, _) = credentials(&control, &caller, &id, None).await?;
+    Ok(Json(Connections {
+        connections: ConnectionSet {
+            direct_url: uri(&control, &creds, false),
+            pooled_url: uri(&control, &creds, true),
+            username: creds.username,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_reserved_characters() {
+        assert_eq!(super::encode("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(super::encode("p@ss:w/rd"), "p%40ss%3Aw%2Frd");
+    }
+}

@@ -1,0 +1,73 @@
+//! The HTTP API under `/v1` (and the `/database/v1` alias some clients call): routing, the
+//! JSON body and query parsing that turns every malformed request into the documented error
+//! shape, cursor pagination, and the OpenAPI document.
+
+mod connection;
+mod idempotency;
+mod jobs;
+mod keys;
+mod openapi;
+mod projects;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+
+use crate::Control;
+use crate::error::ApiError;
+
+pub use openapi::ApiDoc;
+
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/projects", get(projects::list).post(projects::create))
+        .route("/v1/projects/{id}", get(projects::get).patch(projects::update).delete(projects::delete))
+        .route("/v1/projects/{id}/connection", get(connection::connection))
+        .route("/database/v1/projects/{id}/connection", get(connection::connection))
+        .route("/v1/projects/{id}/connections", get(connection::connections))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        })
+        .with_state(control)
+}
+
+/// Parses a JSON body: malformed JSON is 400 `invalid_json`; well-formed JSON of the wrong
+/// shape (unknown or missing fields, wrong types) is 422 `invalid_request`.
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid(e.to_string()),
+        _ => ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")),
+    })
+}
+
+pub(crate) fn query<T>(q: Result<axum::extract::Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|axum::extract::Query(q)| q).map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// `?limit=&cursor=`: at most `limit` (1 to 100, default 20) items after `cursor`, the
+/// `next_cursor` of the previous page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn page(&self) -> catalog::Page {
+        catalog::Page::new(self.cursor.clone(), self.limit)
+    }
+}

@@ -1,0 +1,89 @@
+//! Job handlers, one file per job type. Every handler is idempotent: a job may run twice
+//! (a worker can die after doing the work and before recording it), so each step checks
+//! what is already done.
+
+mod delete;
+mod provision;
+
+use catalog::{Job, RetryClassification};
+use node::NodeError;
+
+use crate::Control;
+
+pub const PROVISION_PROJECT: &str = "provision_project";
+pub const DELETE_PROJECT: &str = "delete_project";
+
+/// A failed attempt, with what an external command printed when one failed.
+#[derive(Debug, Clone)]
+pub struct JobError {
+    pub classification: RetryClassification,
+    pub message: String,
+    pub exit_code: Option<i32>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+}
+
+impl From<catalog::CatalogError> for JobError {
+    fn from(e: catalog::CatalogError) -> Self {
+        JobError::transient(e.to_string())
+    }
+}
+
+impl From<NodeError> for JobError {
+    fn from(e: NodeError) -> Self {
+        let mut out = JobError::transient(first_line(&e.to_string()));
+        match &e {
+            NodeError::StartFailed { status, log_tail, .. } => {
+                out.exit_code = status.code();
+                out.stderr = Some(log_tail.clone());
+            }
+            NodeError::StartTimeout { log_tail, .. } => out.stderr = Some(log_tail.clone()),
+            NodeError::CommandFailed { status, output, .. } => {
+                out.exit_code = status.code();
+                out.stderr = Some(output.clone());
+            }
+            // Missing binaries or an unusable configuration will not fix themselves.
+            NodeError::BinariesNotFound { .. }
+            | NodeError::InvalidBindir { .. }
+            | NodeError::NoInstanceUser { .. }
+            | NodeError::InvalidSuperuser { .. } => out.classification = RetryClassification::Permanent,
+            _ => {}
+        }
+        out
+    }
+}
+
+impl From<tokio_postgres::Error> for JobError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        JobError::transient(format!("instance SQL: {e}"))
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
+    match job.kind.as_str() {
+        PROVISION_PROJECT => provision::run(control, job).await,
+        DELETE_PROJECT => delete::run(control, job).await,
+        other => Err(JobError::permanent(format!("unknown job type {other:?}"))),
+    }
+}
+
+/// Clean-up after a job failed for good.
+pub async fn after_failure(control: &Control, job: &Job) {
+    if job.kind == PROVISION_PROJECT {
+        provision::after_failure(control, job).await;
+    }
+}
+
+/// Runs blocking instance work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, JobError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(JobError::from),
+        Err(e) => Err(JobError::transient(format!("instance task panicked: {e}"))),
+    }
+}

@@ -1,0 +1,292 @@
+//! The PostgreSQL instances of a machine's branches, kept running: provisioning copies a
+//! template made once with `initdb` (so a project costs a copy and a start), and a
+//! supervision pass restarts any wanted instance that died, with an exponential backoff when
+//! it keeps dying, logging each event. Everything here blocks (process management): call it
+//! from `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use node::{InitOptions, Instance, NodeError, PgBinaries, Status};
+
+/// The database the template carries; provisioning renames it to the project's name, which
+/// is instant where `CREATE DATABASE` would copy and sync a whole database.
+pub const TEMPLATE_DATABASE: &str = "berth_project";
+/// An instance up this long is considered healthy again: its next death restarts at once.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+struct Managed {
+    instance: Instance,
+    started_at: Instant,
+    failures: u32,
+    next_restart: Option<Instant>,
+}
+
+pub struct Instances {
+    bins: PgBinaries,
+    /// `<data>/instances`: one root per branch.
+    dir: PathBuf,
+    /// `<data>/template`: the stopped cluster every branch starts as a copy of.
+    template: PathBuf,
+    init: InitOptions,
+    managed: Mutex<HashMap<String, Arc<Mutex<Managed>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the map usable: recover it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Instances {
+    pub fn new(bins: PgBinaries, data_dir: &Path, init: InitOptions) -> Instances {
+        Instances {
+            bins,
+            dir: data_dir.join("instances"),
+            template: data_dir.join("template"),
+            init,
+            managed: Mutex::default(),
+        }
+    }
+
+    pub fn root(&self, branch_id: &str) -> PathBuf {
+        self.dir.join(branch_id)
+    }
+
+    /// Where the branch's postmaster puts its socket (node's layout: `<root>/socket`).
+    pub fn socket_dir(&self, branch_id: &str) -> PathBuf {
+        self.root(branch_id).join("socket")
+    }
+
+    pub fn port(&self) -> u16 {
+        node::DEFAULT_PORT
+    }
+
+    /// The bootstrap superuser of instances made from the template.
+    pub fn superuser(&self) -> &str {
+        &self.init.superuser
+    }
+
+    /// Makes the template once: initdb, add the project database, stop.
+    pub fn ensure_template(&self) -> Result<(), NodeError> {
+        if self.template.join("data").join("PG_VERSION").exists() {
+            return Ok(());
+        }
+        let build = self.template.with_extension("building");
+        if build.exists() {
+            std::fs::remove_dir_all(&build).map_err(|e| io_error(&build, e))?;
+        }
+        make_traversable(&build)?;
+        tracing::info!(template = %self.template.display(), "creating the instance template (once)");
+        let mut instance = Instance::init(&self.bins, &build, &self.init)?;
+        instance.start()?;
+        let created = run_psql(&instance, &format!("CREATE DATABASE {TEMPLATE_DATABASE}"));
+        instance.stop()?;
+        created?;
+        drop(instance);
+        std::fs::rename(&build, &self.template).map_err(|e| io_error(&self.template, e))
+    }
+
+    /// Creates the branch's instance from the template if it does not exist yet, and starts
+    /// it. Safe to repeat: a job may run twice.
+    pub fn provision(&self, branch_id: &str) -> Result<(), NodeError> {
+        let root = self.root(branch_id);
+        if !root.join("data").join("PG_VERSION").exists() {
+            make_traversable(&self.dir)?;
+            // Copy beside and rename into place, so a crash mid-copy leaves no half instance.
+            let partial = self.dir.join(format!(".{branch_id}.partial"));
+            if partial.exists() {
+                std::fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))?;
+            }
+            make_traversable(&partial)?;
+            drop(Instance::from_template(&self.bins, &self.template, &partial)?);
+            std::fs::rename(&partial, &root).map_err(|e| io_error(&root, e))?;
+        }
+        self.start(branch_id)
+    }
+
+    /// Starts an existing branch instance (if not running) and supervises it from now on.
+    pub fn start(&self, branch_id: &str) -> Result<(), NodeError> {
+        let entry = lock(&self.managed).get(branch_id).cloned();
+        if let Some(entry) = entry {
+            let mut m = lock(&entry);
+            if m.instance.status() == Status::Stopped {
+                m.instance.start()?;
+                m.started_at = Instant::now();
+            }
+            return Ok(());
+        }
+        let mut instance = Instance::open(&self.bins, &self.root(branch_id))?;
+        instance.start()?;
+        self.adopt(branch_id, instance);
+        Ok(())
+    }
+
+    /// Supervises an instance someone else started (the catalog's, in `berth up`).
+    pub fn adopt(&self, name: &str, instance: Instance) {
+        let managed = Managed { instance, started_at: Instant::now(), failures: 0, next_restart: None };
+        lock(&self.managed).insert(name.to_owned(), Arc::new(Mutex::new(managed)));
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        let entry = lock(&self.managed).get(name).cloned();
+        entry.is_some_and(|e| matches!(lock(&e).instance.status(), Status::Running { .. }))
+    }
+
+    /// The postmaster pid of a supervised instance.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let entry = lock(&self.managed).get(name).cloned();
+        entry.and_then(|e| lock(&e).instance.pid())
+    }
+
+    /// Stops supervising and stops (fast shutdown) one instance.
+    pub fn stop(&self, name: &str) -> Result<(), NodeError> {
+        let entry = lock(&self.managed).remove(name);
+        match entry {
+            Some(e) => lock(&e).instance.stop(),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the branch's instance and deletes its files.
+    pub fn remove(&self, branch_id: &str) -> Result<(), NodeError> {
+        self.stop(branch_id)?;
+        let root = self.root(branch_id);
+        if root.exists() {
+            // An instance left running by an earlier process is stopped before its files go.
+            if root.join("data").join("PG_VERSION").exists() {
+                Instance::open(&self.bins, &root)?.stop()?;
+            }
+            std::fs::remove_dir_all(&root).map_err(|e| io_error(&root, e))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every supervised instance (fast shutdown), in parallel.
+    pub fn stop_all(&self) {
+        let entries: Vec<(String, Arc<Mutex<Managed>>)> = lock(&self.managed).drain().collect();
+        std::thread::scope(|s| {
+            for (name, entry) in &entries {
+                s.spawn(move || {
+                    if let Err(e) = lock(entry).instance.stop() {
+                        tracing::warn!(instance = %name, error = %e, "could not stop instance");
+                    }
+                });
+            }
+        });
+    }
+
+    /// One supervision pass: restarts instances that died, with backoff.
+    pub fn check(&self) {
+        let entries: Vec<(String, Arc<Mutex<Managed>>)> =
+            lock(&self.managed).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        for (name, entry) in entries {
+            let mut m = lock(&entry);
+            if m.instance.status() != Status::Stopped {
+                continue;
+            }
+            let now = Instant::now();
+            match m.next_restart {
+                None => {
+                    m.failures =
+                        if now.duration_since(m.started_at) < HEALTHY_AFTER { m.failures + 1 } else { 0 };
+                    let wait = backoff(m.failures);
+                    tracing::warn!(instance = %name, failures = m.failures, restart_in = ?wait, "instance died");
+                    m.next_restart = Some(now + wait);
+                }
+                Some(at) if now < at => continue,
+                Some(_) => {}
+            }
+            if m.next_restart.is_some_and(|at| now >= at) {
+                match m.instance.start() {
+                    Ok(()) => {
+                        tracing::info!(instance = %name, "instance restarted");
+                        m.started_at = Instant::now();
+                        m.next_restart = None;
+                    }
+                    Err(e) => {
+                        m.failures += 1;
+                        let wait = backoff(m.failures);
+                        tracing::error!(instance = %name, error = %e, restart_in = ?wait, "instance restart failed");
+                        m.next_restart = Some(Instant::now() + wait);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `check` every second until `shutdown`.
+    pub async fn supervise(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let me = Arc::clone(&self);
+            if tokio::task::spawn_blocking(move || me.check()).await.is_err() {
+                tracing::error!("instance supervision pass panicked");
+            }
+        }
+    }
+}
+
+/// No wait for a first death, then 1 s, 2 s, 4 s … up to a minute.
+fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (failures - 1).min(6)).min(MAX_BACKOFF)
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> NodeError {
+    NodeError::Io { path: path.to_owned(), source }
+}
+
+/// Creates `dir` with mode 0755: when Berth runs as root, the `postgres` user must be able
+/// to pass through it to reach the instance's own private directories.
+fn make_traversable(dir: &Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| io_error(dir, e))
+}
+
+/// Runs one statement as the superuser with the instance's own `psql` over its socket.
+fn run_psql(instance: &Instance, sql: &str) -> Result<(), NodeError> {
+    let program = instance.binaries().program("psql");
+    let output = std::process::Command::new(&program)
+        .arg("-X")
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-h"])
+        .arg(instance.socket_dir())
+        .args(["-p", &instance.port().to_string(), "-U", instance.superuser(), "-d", "postgres", "-c", sql])
+        .output()
+        .map_err(|source| NodeError::Spawn {
+            program: program.clone(),
+            cwd: instance.root().to_owned(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(NodeError::CommandFailed {
+        program,
+        status: output.status,
+        output: String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(50), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,185 @@
+//! Jobs end to end with real instances: creating a project provisions a started instance
+//! with a database owned by a plain login role; long-polling sees the job finish; deleting
+//! removes the instance and gives the name back; an instance that cannot start fails its
+//! job with PostgreSQL's own words, after retries, and leaves nothing half-made.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use common::harness;
+use control::Worker;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_project_is_provisioned_and_deleted_through_jobs() {
+    let h = harness().await;
+    tokio::task::block_in_place(|| h.control.instances.ensure_template()).unwrap();
+    let (id, job_id) = h.create_project("shop").await;
+    let (_, project) = h.get("/v1/projects/shop").await;
+    assert_eq!(project["state"], "provisioning");
+
+    // A worker runs in the background; the request long-polls for the job.
+    let stop = CancellationToken::new();
+    let events = tokio::spawn({
+        let control = Arc::clone(&h.control);
+        let stop = stop.clone();
+        async move { control.events.listen(control.catalog.clone(), stop).await }
+    });
+    let worker = tokio::spawn(Worker::new(Arc::clone(&h.control), "w1").run(stop.clone()));
+    let (status, job) = h.get(&format!("/v1/jobs/{job_id}?wait=60")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["type"], "provision_project");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["locked_resource"], id.as_str());
+    for field in [
+        "claimed_at",
+        "claimed_by",
+        "cluster_id",
+        "started_at",
+        "completed_at",
+        "organization_id",
+        "project_id",
+    ] {
+        assert!(!job[field].is_null(), "{field} is null: {job}");
+    }
+    let (_, project) = h.get("/v1/projects/shop").await;
+    assert_eq!(project["state"], "ready");
+
+    // The instance runs; the owner role is a plain login role owning the database, and
+    // can create schemas and tables in it.
+    let branch = job["cluster_id"].as_str().unwrap().to_owned();
+    let socket = h.control.instances.socket_dir(&branch);
+    let (owner, conn) = tokio_postgres::Config::new()
+        .host_path(&socket)
+        .port(h.control.instances.port())
+        .user("shop_owner")
+        .dbname("shop")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    owner
+        .batch_execute("CREATE SCHEMA app; CREATE TABLE app.t (x int); CREATE TABLE t (y int)")
+        .await
+        .unwrap();
+    let row = owner
+        .query_one(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, \
+             pg_get_userbyid(d.datdba) FROM pg_roles, pg_database d \
+             WHERE rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let attrs: (bool, bool, bool, bool, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(attrs, (false, false, false, true, "shop_owner".into()));
+    drop(owner);
+
+    // Delete: 202 with a job, then 404, the instance gone, and the name free again.
+    let (status, body) = h.call(Method::DELETE, "/v1/projects/shop", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let delete_job = body["job"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = h.call(Method::DELETE, "/v1/projects/shop", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleting twice: {body}");
+    let (_, job) = h.get(&format!("/v1/jobs/{delete_job}?wait=60")).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(!h.control.instances.root(&branch).exists(), "the instance directory remains");
+    let (status, _) = h.get(&format!("/v1/projects/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (again, _) = h.create_project("shop").await;
+    assert_ne!(again, id);
+
+    stop.cancel();
+    worker.await.unwrap();
+    events.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_start_fails_its_job_with_the_server_log_after_retries() {
+    let h = harness().await;
+    tokio::task::block_in_place(|| h.control.instances.ensure_template()).unwrap();
+    let (id, job_id) = h.create_project("broken").await;
+    let branch = h.job(&job_id).await.cluster_id.unwrap();
+
+    // Make the branch's instance unstartable before any worker gets to it.
+    let root = h.control.instances.root(&branch);
+    let bins = node::PgBinaries::find().unwrap();
+    std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+    drop(node::Instance::from_template(&bins, &h.dir.path().join("template"), &root).unwrap());
+    let conf = root.join("data").join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nshared_buffers = 'lots'\n");
+    std::fs::write(&conf, text).unwrap();
+
+    let worker = Worker::new(Arc::clone(&h.control), "w1");
+    for attempt in 1..=3 {
+        // Wait out the (short) retry backoff.
+        let mut ran = false;
+        for _ in 0..200 {
+            if worker.step().await.unwrap() {
+                ran = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ran, "attempt {attempt} never ran");
+        let job = h.job(&job_id).await;
+        assert_eq!(job.attempts, attempt);
+        assert_eq!(job.retry_classification.as_deref(), Some("transient"));
+        assert!(
+            job.last_stderr.as_deref().unwrap_or_default().contains("shared_buffers"),
+            "{:?}",
+            job.last_stderr
+        );
+        assert!(job.last_exit_code.is_some());
+    }
+    let job = h.job(&job_id).await;
+    assert_eq!(job.state, "failed");
+    assert!(job.error.unwrap().contains("exited during startup"));
+    assert!(!worker.step().await.unwrap(), "a failed job ran again");
+
+    let (_, project) = h.get(&format!("/v1/projects/{id}")).await;
+    assert_eq!(project["state"], "failed");
+    assert!(!root.exists(), "the failed instance was left behind");
+    // A failed project can be deleted (no job holds it now).
+    let (status, body) = h.call(Method::DELETE, "/v1/projects/broken", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    h.drain_jobs().await;
+    let (status, _) = h.get(&format!("/v1/projects/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn limits_update_live_and_a_long_poll_times_out_on_an_unfinished_job() {
+    let h = harness().await;
+    let (_, job_id) = h.create_project("shop").await;
+    let body = r#"{"limits":{"max_direct_connections":5,"query_timeout_ms":1500},"pool_config":{"pool_size":4,"pool_mode":"session"}}"#;
+    let (status, project) = h.call(Method::PATCH, "/v1/projects/shop", Some(&h.admin), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{project}");
+    assert_eq!(project["limits"]["max_direct_connections"], 5);
+    assert_eq!(project["pool_config"]["pool_mode"], "session");
+    // null removes one limit, the others stay.
+    let (_, project) = h
+        .call(
+            Method::PATCH,
+            "/v1/projects/shop",
+            Some(&h.admin),
+            Some(r#"{"limits":{"query_timeout_ms":null}}"#),
+        )
+        .await;
+    assert!(project["limits"]["query_timeout_ms"].is_null());
+    assert_eq!(project["limits"]["max_direct_connections"], 5);
+    assert_eq!(project["pool_config"]["pool_size"], 4);
+
+    // Nobody runs the job: the long poll returns it pending when the wait is over.
+    let (status, job) = h.get(&format!("/v1/jobs/{job_id}?wait=1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["state"], "pending");
+}
