@@ -1,8 +1,12 @@
 //! The `berth` binary: a thin command line over the library crates. It parses arguments,
-//! sets up logging, and composes the parts (instances from `node`, the proxy from `proxy`);
-//! the behaviour itself lives in those crates.
+//! sets up logging, and composes the parts (catalog, control plane, instances, proxy); the
+//! behaviour itself lives in those crates. The API client commands need no async runtime.
 
+mod bootstrap;
+mod catalog_instance;
+mod client;
 mod proxy_cmd;
+mod route_sync;
 mod signals;
 mod up;
 
@@ -17,13 +21,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything on this machine: a PostgreSQL instance and the proxy in front of it.
+    /// Run everything on this machine: catalog, API, worker, instances and the proxy.
     Up(up::UpArgs),
     /// Run the proxy alone, with routes from a TOML file (reloaded on SIGHUP or change).
     Proxy(proxy_cmd::ProxyArgs),
+    /// Create, list, show and delete projects.
+    Projects(client::ProjectsArgs),
+    /// Print a project's connection string.
+    Connection(client::ConnectionArgs),
+    /// Show jobs.
+    Jobs(client::JobsArgs),
+    /// Create, list and revoke API keys.
+    Keys(client::KeysArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
@@ -31,11 +43,22 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Up(args) => up::run(args).await,
-            Command::Proxy(args) => proxy_cmd::run(args).await,
+    let serve = |f: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>| {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(f)
+    };
+    let result = match cli.command {
+        Command::Up(args) => serve(Box::pin(up::run(args))),
+        Command::Proxy(args) => serve(Box::pin(proxy_cmd::run(args))),
+        Command::Projects(args) => client::projects(args),
+        Command::Connection(args) => client::connection(args),
+        Command::Jobs(args) => client::jobs(args),
+        Command::Keys(args) => client::keys(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
-    })
+    }
 }

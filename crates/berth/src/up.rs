@@ -1,98 +1,197 @@
-//! `berth up`: everything on one machine. Until the control plane lands this means one
-//! managed PostgreSQL instance under `DIR/instances/main` with a role and database `app`, the
-//! local CA in `DIR`, and the direct proxy in front, printing a connection string that works.
-//! Restarting with the same directory keeps the data, the password and the CA.
+//! `berth up`: everything on one machine in one process. The catalog (its own PostgreSQL
+//! instance under the data directory, or `--catalog-url`), the HTTP API, the job worker, the
+//! supervision of every project's instance, and the proxy on the pooled and direct ports
+//! with routes that follow the catalog. First start makes the organization, the master key,
+//! the local CA and the admin API key; later starts reuse them and start every project's
+//! instance again. SIGTERM or SIGINT stops it all cleanly.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use catalog::{Catalog, MasterKey, Secret};
 use clap::Args;
-use node::{InitOptions, Instance, PgBinaries};
-use proxy::routes::{Database, Limits, Role, Upstream, UpstreamAddr};
-use proxy::{LocalCa, Proxy, ProxySettings, RouteTable, SslMode};
+use control::{Control, Endpoints, Instances, Worker, WorkerSettings};
+use node::{InitOptions, PgBinaries};
+use proxy::{LocalCa, Proxy, ProxySettings};
 use tokio::net::TcpListener;
-use wire::scram::ScramVerifier;
-
-const APP: &str = "app";
+use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Where Berth keeps its instances, keys and certificates.
-    #[arg(long, default_value = "./berth-data")]
+    /// Where Berth keeps its catalog, instances, keys and certificates.
+    #[arg(long, env = "BERTH_DATA", default_value = "./berth-data")]
     data: PathBuf,
-    /// Address of the direct (session) proxy port; port 0 picks a free one.
+    /// Use this PostgreSQL as the catalog instead of a local instance (postgresql:// URL).
+    #[arg(long, env = "BERTH_CATALOG_URL", hide_env_values = true)]
+    catalog_url: Option<String>,
+    /// HTTP API address; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7432")]
+    api_listen: SocketAddr,
+    /// Pooled proxy address; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pooled_listen: SocketAddr,
+    /// Direct (session) proxy address; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:6433")]
     direct_listen: SocketAddr,
+    /// Host name put in connection strings (default: the proxy's listen address).
+    #[arg(long)]
+    public_host: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let dir = prepare_data_dir(&args.data)?;
     let bins = PgBinaries::find()?;
-    let root = dir.join("instances").join("main");
-    let mut instance = if root.join("data").join("PG_VERSION").exists() {
-        Instance::open(&bins, &root)?
-    } else {
-        std::fs::create_dir_all(&root)?;
-        traversable(&dir.join("instances"))?;
-        traversable(&root)?;
-        tracing::info!(root = %root.display(), "initialising the main instance");
-        Instance::init(&bins, &root, &InitOptions::default())?
+    let master_key = MasterKey::load_or_create(&dir.join("master.key"))?;
+    let shutdown = CancellationToken::new();
+
+    // The catalog, supervised like any instance when it is ours.
+    let catalog_instances = Arc::new(Instances::new(bins.clone(), &dir, InitOptions::default()));
+    let catalog = match &args.catalog_url {
+        Some(url) => {
+            Catalog::connect(&Secret::new(url.clone())).await.context("connecting to --catalog-url")?
+        }
+        None => {
+            let (instance, catalog) = crate::catalog_instance::start(&bins, &dir).await?;
+            catalog_instances.adopt("catalog", instance);
+            catalog
+        }
     };
-    tokio::task::block_in_place(|| instance.start())?;
-    tracing::info!(socket = %instance.socket_dir().display(), "instance running");
+    catalog.migrate().await?;
+    let boot = crate::bootstrap::run(&catalog, &dir).await?;
+    let hostnames = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let ca = LocalCa::load_or_create(&dir, &hostnames)?;
 
-    let password = load_or_create_password(&dir.join("app.password"))?;
-    let verifier = ensure_app_role(&instance, &password).await?;
+    let instances = Arc::new(Instances::new(bins, &dir, InitOptions::default()));
+    let template = Arc::clone(&instances);
+    tokio::task::spawn_blocking(move || template.ensure_template()).await??;
+    start_project_instances(&catalog, &instances).await?;
 
-    let ca = LocalCa::load_or_create(&dir, &["localhost".into(), "127.0.0.1".into()])?;
-    let routes = RouteTable::new([Database {
-        name: APP.into(),
-        upstream: Upstream {
-            addr: UpstreamAddr::Unix { dir: instance.socket_dir().to_owned(), port: instance.port() },
-            dbname: APP.into(),
-            ssl_mode: SslMode::Disable,
-            ssl_root_cert: None,
-            tls: None,
-        },
-        roles: [(
-            APP.to_owned(),
-            Role { name: APP.into(), verifiers: vec![verifier], upstream_password: None },
-        )]
-        .into(),
-        limits: Limits::default(),
-        pool: proxy::PoolConfig::default(),
-    }]);
-    let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
-    let listener = TcpListener::bind(args.direct_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.direct_listen))?;
-    let addr = listener.local_addr()?;
-    let serving = proxy.clone();
-    let serve = tokio::spawn(async move { serving.serve(listener).await });
-
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    let ca_path = dir.join("ca.pem");
-    println!("Berth is up.");
-    println!(
-        "  connection string: postgresql://{APP}:{password}@{host}:{}/{APP}?sslmode=require",
-        addr.port()
+    let api_listener = bind(args.api_listen, "API").await?;
+    let pooled_listener = bind(args.pooled_listen, "pooled proxy").await?;
+    let direct_listener = bind(args.direct_listen, "direct proxy").await?;
+    let (api_addr, pooled_addr, direct_addr) =
+        (api_listener.local_addr()?, pooled_listener.local_addr()?, direct_listener.local_addr()?);
+    let host = args.public_host.clone().unwrap_or_else(|| host_of(direct_addr));
+    let endpoints = Endpoints { host, pooled_port: pooled_addr.port(), direct_port: direct_addr.port() };
+    let control = Control::new(
+        catalog.clone(),
+        master_key,
+        endpoints,
+        Arc::clone(&instances),
+        WorkerSettings::default(),
     );
-    println!("  CA certificate:    {} (for sslmode=verify-full&sslrootcert=...)", ca_path.display());
-    println!("Press Ctrl-C to stop.");
+
+    // The proxy, with routes from the catalog from the first connection on.
+    let routes = crate::route_sync::route_table(catalog.route_snapshot().await?, &instances);
+    let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
+    let serve_direct = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.serve(direct_listener).await }
+    });
+    let serve_pooled = tokio::spawn(serve_pooled(proxy.clone(), pooled_listener));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::route_sync::run(
+        catalog.clone(),
+        Arc::clone(&instances),
+        proxy.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(Arc::clone(&instances).supervise(shutdown.clone()));
+    tasks.spawn(Arc::clone(&catalog_instances).supervise(shutdown.clone()));
+    tasks.spawn({
+        let (control, shutdown) = (Arc::clone(&control), shutdown.clone());
+        async move { control.events.listen(control.catalog.clone(), shutdown).await }
+    });
+    tasks.spawn(Worker::new(Arc::clone(&control), worker_name()).run(shutdown.clone()));
+    let api = tokio::spawn({
+        let router = control::router(Arc::clone(&control));
+        let stop = shutdown.clone();
+        async move { axum::serve(api_listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
+    });
+
+    let api_url = format!("http://{api_addr}");
+    crate::bootstrap::write_private(&dir.join("api.url"), &api_url)?;
+    print_banner(&dir, &api_url, pooled_addr, direct_addr, boot.new_admin_key.as_ref());
+    tracing::info!(api = %api_url, pooled = %pooled_addr, direct = %direct_addr, organization_id = %boot.organization_id, "berth is up");
 
     let signal = crate::signals::terminate().await?;
     tracing::info!(signal, "shutting down");
+    shutdown.cancel();
     proxy.shutdown();
-    let _ = serve.await;
+    let _ = serve_direct.await;
+    let _ = serve_pooled.await;
+    // Long-polling requests would hold the API open; they get a few seconds.
+    if tokio::time::timeout(Duration::from_secs(5), api).await.is_err() {
+        tracing::warn!("API requests still open at shutdown; dropped");
+    }
+    while tasks.join_next().await.is_some() {}
     proxy.drained().await;
-    tokio::task::block_in_place(|| instance.stop())?;
+    tokio::task::spawn_blocking(move || instances.stop_all()).await?;
+    catalog.close().await;
+    tokio::task::spawn_blocking(move || catalog_instances.stop_all()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn traversable(path: &Path) -> anyhow::Result<()> {
+/// The pooled port. Until the proxy pools, it serves sessions exactly as the direct port
+/// does; this is the one place to switch to pooling.
+async fn serve_pooled(proxy: Proxy, listener: TcpListener) {
+    proxy.serve(listener).await;
+}
+
+async fn start_project_instances(catalog: &Catalog, instances: &Arc<Instances>) -> anyhow::Result<()> {
+    for branch in catalog.branches_to_run().await? {
+        let instances = Arc::clone(instances);
+        let id = branch.id.clone();
+        match tokio::task::spawn_blocking(move || instances.start(&id)).await? {
+            Ok(()) => {
+                tracing::info!(branch_id = %branch.id, project_id = %branch.project_id, "instance started")
+            }
+            Err(e) => {
+                tracing::error!(branch_id = %branch.id, project_id = %branch.project_id, error = %e, "instance did not start")
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+fn host_of(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { "127.0.0.1".into() } else { addr.ip().to_string() }
+}
+
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
+}
+
+fn print_banner(dir: &Path, api_url: &str, pooled: SocketAddr, direct: SocketAddr, new_key: Option<&Secret>) {
+    let data = dir.display();
+    println!("Berth is up.");
+    println!("  API:            {api_url}   (reference: {api_url}/v1/openapi.json)");
+    println!("  pooled proxy:   {pooled}");
+    println!("  direct proxy:   {direct}");
+    println!("  CA certificate: {data}/ca.pem   (sslmode=verify-full&sslrootcert=...)");
+    println!("  admin API key:  {data}/admin.key");
+    if let Some(key) = new_key {
+        println!();
+        println!("  Your admin API key (shown once, kept in admin.key): {}", key.expose());
+    }
+    println!();
+    println!("Next: berth projects create shop --data {data}");
+    println!("      psql \"$(berth connection shop --pooled --data {data})\"");
+    println!("Press Ctrl-C to stop.");
+}
+
+pub(crate) fn traversable(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", path.display()))
 }
@@ -118,52 +217,4 @@ fn prepare_data_dir(data: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-fn load_or_create_password(path: &Path) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(existing) = std::fs::read_to_string(path) {
-        return Ok(existing.trim().to_owned());
-    }
-    use rand::Rng;
-    let password: String =
-        rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(password.as_bytes())?;
-    Ok(password)
-}
-
-/// Makes sure role and database `app` exist, with the password set as a SCRAM verifier (the
-/// plaintext never reaches the server or its log), and returns the verifier the proxy checks.
-async fn ensure_app_role(instance: &Instance, password: &str) -> anyhow::Result<ScramVerifier> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host_path(instance.socket_dir())
-        .port(instance.port())
-        .user(instance.superuser())
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connecting to the main instance")?;
-    tokio::spawn(conn);
-    let exists = client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&APP]).await?.is_some();
-    if !exists {
-        let verifier = ScramVerifier::generate(password);
-        // Role attributes as DESIGN.md says: login, nothing more.
-        client
-            .batch_execute(&format!(
-                "CREATE ROLE {APP} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{}'",
-                verifier.to_pg_authid()
-            ))
-            .await?;
-        client.batch_execute(&format!("CREATE DATABASE {APP} OWNER {APP}")).await?;
-    }
-    let row = client.query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&APP]).await?;
-    let stored: String = row.get(0);
-    ScramVerifier::parse(&stored).map_err(|_| anyhow::anyhow!("role {APP} has no SCRAM verifier"))
 }

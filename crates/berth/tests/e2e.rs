@@ -15,18 +15,31 @@ fn data_dir() -> tempfile::TempDir {
     dir
 }
 
-/// A running `berth up`: its connection string, and its stderr collected on stop.
+/// A running `berth up`: what it printed, and its stderr collected on stop.
 struct Up {
     child: Child,
-    uri: String,
+    stdout: String,
     stderr: std::thread::JoinHandle<String>,
+    data: PathBuf,
 }
 
-fn berth_up(data: &Path) -> Up {
+/// Ports chosen once so a restart serves the same connection strings.
+#[derive(Clone, Copy)]
+struct Ports {
+    api: u16,
+    pooled: u16,
+    direct: u16,
+}
+
+fn berth_up(data: &Path, ports: Ports) -> Up {
     let mut child = Command::new(BERTH)
         .args(["up", "--data"])
         .arg(data)
-        .args(["--direct-listen", "127.0.0.1:0"])
+        .args(["--api-listen", &format!("127.0.0.1:{}", ports.api)])
+        .args(["--pooled-listen", &format!("127.0.0.1:{}", ports.pooled)])
+        .args(["--direct-listen", &format!("127.0.0.1:{}", ports.direct)])
+        .env_remove("BERTH_API_URL")
+        .env_remove("BERTH_API_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -38,22 +51,17 @@ fn berth_up(data: &Path) -> Up {
         s
     });
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut uri = None;
+    let mut stdout = String::new();
     let mut line = String::new();
-    while uri.is_none() {
+    while !line.starts_with("Press Ctrl-C") {
         line.clear();
         if out.read_line(&mut line).expect("read stdout") == 0 {
-            panic!(
-                "berth up exited before printing a connection string: {}",
-                stderr.join().unwrap_or_default()
-            );
+            panic!("berth up exited before it was up: {stdout}\n{}", stderr.join().unwrap_or_default());
         }
-        if let Some(at) = line.find("postgresql://") {
-            uri = Some(line[at..].trim().to_owned());
-        }
+        stdout.push_str(&line);
     }
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Up { child, uri: uri.expect("uri"), stderr }
+    Up { child, stdout, stderr, data: data.to_owned() }
 }
 
 impl Up {
@@ -66,10 +74,38 @@ impl Up {
         self.stderr.join().expect("stderr thread")
     }
 
-    fn password(&self) -> String {
-        let after_user = &self.uri["postgresql://app:".len()..];
-        after_user[..after_user.find('@').expect("@ in uri")].to_owned()
+    /// Runs a client command against this `berth up` (found through its data directory).
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BERTH)
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .env_remove("BERTH_API_URL")
+            .env_remove("BERTH_API_KEY")
+            .output()
+            .expect("berth client");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
+
+    fn connection(&self, project: &str, pooled: bool) -> String {
+        let mut args = vec!["connection", project];
+        if pooled {
+            args.push("--pooled");
+        }
+        let (ok, uri, err) = self.cli(&args);
+        assert!(ok, "berth connection: {err}");
+        uri
+    }
+}
+
+fn password_of(uri: &str) -> String {
+    let after_scheme = &uri["postgresql://".len()..];
+    let creds = &after_scheme[..after_scheme.find('@').expect("@ in uri")];
+    creds.split(':').nth(1).expect("password").to_owned()
 }
 
 fn psql(uri: &str, sql: &str) -> (bool, String, String) {
@@ -93,45 +129,102 @@ fn pgbench(uri: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn up_serves_psql_and_pgbench_and_restarts_with_its_data() {
+fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_data() {
     let data = data_dir();
-    let up = berth_up(data.path());
-    assert!(up.uri.contains("sslmode=require"), "{}", up.uri);
+    let ports = Ports { api: free_port(), pooled: free_port(), direct: free_port() };
+    let up = berth_up(data.path(), ports);
+    for want in ["API:", "pooled proxy:", "direct proxy:", "ca.pem", "admin.key", "berth projects create"] {
+        assert!(up.stdout.contains(want), "banner lacks {want}: {}", up.stdout);
+    }
+    let admin_key = std::fs::read_to_string(data.path().join("admin.key")).expect("admin.key");
+    let admin_key = admin_key.trim().to_owned();
+    assert!(admin_key.starts_with("berth_live_"));
+    assert!(up.stdout.contains(&admin_key), "the admin key is printed once at first start");
+    use std::os::unix::fs::PermissionsExt;
+    for private in ["admin.key", "master.key"] {
+        let mode = std::fs::metadata(data.path().join(private)).expect(private).permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{private}");
+    }
 
-    let (ok, out, err) = psql(&up.uri, "select 1");
-    assert!(ok && out == "1", "psql: {out} {err}");
-    // verify-full against the printed CA, by host name.
+    let (ok, out, err) = up.cli(&["projects", "create", "shop"]);
+    assert!(ok, "projects create: {out} {err}");
+    assert!(out.contains("shop") && out.contains("ready"), "{out}");
+    let (ok, out, err) = up.cli(&["projects", "create", "shop"]);
+    assert!(!ok && err.contains("already exists"), "duplicate: {out} {err}");
+    let (ok, list, _) = up.cli(&["projects", "list", "--json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    assert_eq!(list[0]["name"], "shop");
+
+    let direct = up.connection("shop", false);
+    let pooled = up.connection("shop", true);
+    assert!(direct.contains(&format!(":{}/shop?sslmode=require", ports.direct)), "{direct}");
+    assert!(pooled.contains(&format!(":{}/shop?sslmode=require", ports.pooled)), "{pooled}");
+    let (ok, out, err) = psql(&pooled, "create table t(x int); insert into t values (42)");
+    assert!(ok, "pooled: {out} {err}");
+    let (ok, out, err) = psql(&direct, "select x, current_user from t");
+    assert!(ok && out == "42|shop_owner", "direct: {out} {err}");
+    // verify-full against the printed CA.
     let verify = format!(
         "{}&sslmode=verify-full&sslrootcert={}",
-        up.uri.replace("127.0.0.1", "localhost").replace("?sslmode=require", "?application_name=e2e"),
+        direct.replace("127.0.0.1", "localhost").replace("?sslmode=require", "?application_name=e2e"),
         data.path().join("ca.pem").display()
     );
-    let (ok, out, err) = psql(&verify, "select current_user");
-    assert!(ok && out == "app", "verify-full: {out} {err}");
-    // Plaintext is refused.
-    let plain = up.uri.replace("sslmode=require", "sslmode=disable");
-    let (ok, _, err) = psql(&plain, "select 1");
+    let (ok, out, err) = psql(&verify, "select 1");
+    assert!(ok && out == "1", "verify-full: {out} {err}");
+    let (ok, _, err) = psql(&direct.replace("sslmode=require", "sslmode=disable"), "select 1");
     assert!(!ok && err.contains("TLS is required"), "{err}");
+    // The owner role is not a superuser.
+    let (ok, _, err) = psql(&direct, "create role intruder superuser");
+    assert!(!ok && err.contains("must be superuser"), "{err}");
 
-    pgbench(&up.uri, &["-i", "-s", "1", "-q"]);
+    pgbench(&direct, &["-i", "-s", "1", "-q"]);
     for mode in ["simple", "extended", "prepared"] {
-        let text = pgbench(&up.uri, &["-c", "4", "-j", "2", "-t", "50", "-M", mode]);
+        let text = pgbench(&direct, &["-c", "4", "-j", "2", "-t", "50", "-M", mode]);
         assert!(text.contains("number of transactions actually processed: 200/200"), "{mode}: {text}");
         assert!(text.contains("number of failed transactions: 0"), "{mode}: {text}");
     }
-    let (ok, out, _) = psql(&up.uri, "create table kept(v text); insert into kept values ('still here')");
-    assert!(ok, "{out}");
-    let password = up.password();
-    let logs = up.stop();
-    assert!(!logs.contains(&password), "the password leaked into the log");
-    assert!(!logs.contains("SCRAM-SHA-256$"), "a verifier leaked into the log");
 
-    // Same directory: same password, same data, same CA.
-    let up = berth_up(data.path());
-    assert_eq!(up.password(), password);
-    let (ok, out, err) = psql(&up.uri, "select v from kept");
-    assert!(ok && out == "still here", "{out} {err}");
-    up.stop();
+    let (ok, out, _) = up.cli(&["keys", "create", "--name", "ci", "--scope", "projects:read"]);
+    assert!(ok && out.starts_with("berth_live_"), "{out}");
+    let (ok, jobs, _) = up.cli(&["jobs", "list"]);
+    assert!(ok && jobs.contains("provision_project") && jobs.contains("succeeded"), "{jobs}");
+
+    let password = password_of(&direct);
+    let logs = up.stop();
+    for secret in [password.as_str(), admin_key.as_str(), "SCRAM-SHA-256$", out.as_str()] {
+        assert!(!logs.contains(secret), "a secret leaked into the log: {secret}");
+    }
+
+    // Same directory and ports: the same strings work, the data is there, no new admin key.
+    let up = berth_up(data.path(), ports);
+    assert!(!up.stdout.contains("berth_live_"), "a second admin key was printed");
+    assert_eq!(up.connection("shop", false), direct);
+    assert_eq!(up.connection("shop", true), pooled);
+    let (ok, out, err) = psql(&pooled, "select x from t");
+    assert!(ok && out == "42", "pooled after restart: {out} {err}");
+    let (ok, out, err) = psql(&direct, "select count(*) > 0 from pgbench_accounts");
+    assert!(ok && out == "t", "direct after restart: {out} {err}");
+
+    // A killed instance is restarted by the supervisor; meanwhile clients get 57P03.
+    let pidfile = std::fs::read_dir(data.path().join("instances"))
+        .expect("instances")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("data").join("postmaster.pid"))
+        .find(|p| p.exists())
+        .expect("a running project instance");
+    let pid: i32 =
+        std::fs::read_to_string(&pidfile).expect("pid").lines().next().expect("line").parse().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    wait_for("the instance to come back", || psql(&direct, "select 7").1 == "7");
+    let (ok, _, _) = up.cli(&["projects", "delete", "shop"]);
+    assert!(ok);
+    let (ok, _, err) = psql(&direct, "select 1");
+    assert!(!ok && err.contains("password authentication failed"), "deleted project still routed: {err}");
+    let (ok, _, err) = up.cli(&["projects", "get", "shop"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let logs = up.stop();
+    assert!(logs.contains("instance died") && logs.contains("instance restarted"), "supervision not logged");
 }
 
 fn write_config(path: &Path, listen_port: u16, tls_dir: &Path, dbs: &[(&str, &testkit::TestPg, &str)]) {

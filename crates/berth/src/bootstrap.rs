@@ -1,0 +1,49 @@
+//! First start: the organization, and its admin API key written to `<data>/admin.key`
+//! (0600) and printed once. Later starts find the organization and leave keys alone.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use catalog::{Catalog, NewApiKey, Scope, Secret};
+
+pub struct Bootstrap {
+    pub organization_id: String,
+    /// The admin key, when it was made by this start (to print once).
+    pub new_admin_key: Option<Secret>,
+}
+
+pub async fn run(catalog: &Catalog, data: &Path) -> anyhow::Result<Bootstrap> {
+    if let Some(org) = catalog.first_organization().await? {
+        return Ok(Bootstrap { organization_id: org.id, new_admin_key: None });
+    }
+    let org = catalog.create_organization("default").await?;
+    let new = NewApiKey {
+        organization_id: org.id.clone(),
+        project_id: None,
+        name: "admin".into(),
+        scopes: Scope::ALL.to_vec(),
+    };
+    let (key, token) = catalog.create_api_key(&new).await?;
+    write_private(&data.join("admin.key"), token.expose())?;
+    tracing::info!(organization_id = %org.id, key_id = %key.id, "created the organization and its admin key");
+    Ok(Bootstrap { organization_id: org.id, new_admin_key: Some(token) })
+}
+
+/// Writes `contents` to a new 0600 file, replacing any earlier one.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! A small blocking client for the Berth API: finds the URL and key (flags and environment,
+//! else the files `berth up` leaves in the data directory), sends JSON, and turns the
+//! API's error shape into a readable error. The key never appears in an error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use catalog::Secret;
+use clap::Args;
+use serde_json::Value;
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// API URL; defaults to the one `berth up` wrote in the data directory.
+    #[arg(long, env = "BERTH_API_URL", global = true)]
+    pub api_url: Option<String>,
+    /// Data directory of a local `berth up` (for the API URL and admin key).
+    #[arg(long, env = "BERTH_DATA", default_value = "./berth-data", global = true)]
+    pub data: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+pub struct Api {
+    agent: ureq::Agent,
+    base: String,
+    key: Secret,
+}
+
+fn read_file(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+impl Api {
+    pub fn new(opts: &ClientOpts) -> anyhow::Result<Api> {
+        let base = opts.api_url.clone().or_else(|| read_file(&opts.data.join("api.url"))).context(
+            "no API URL: set BERTH_API_URL, or run on the machine of `berth up` (with --data DIR)",
+        )?;
+        let key = std::env::var("BERTH_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .or_else(|| read_file(&opts.data.join("admin.key")))
+            .map(Secret::new)
+            .context(
+                "no API key: set BERTH_API_KEY, or run on the machine of `berth up` (with --data DIR)",
+            )?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Ok(Api { agent, base: base.trim_end_matches('/').to_owned(), key })
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send("POST", path, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send("DELETE", path, None)
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.key.expose());
+        let sent = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
+            (_, body) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .content_type("application/json")
+                .send(body.map(Value::to_string).unwrap_or_default()),
+        };
+        let mut response =
+            sent.map_err(|e| anyhow::anyhow!("cannot reach the Berth API at {}: {e}", self.base))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().context("reading the API response")?;
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status >= 400 {
+            let code = json["error"]["code"].as_str().unwrap_or("error");
+            let message = json["error"]["message"].as_str().unwrap_or(text.as_str());
+            anyhow::bail!("{message} ({code}, HTTP {status})");
+        }
+        Ok(json)
+    }
+
+    /// Long-polls a job until it finishes.
+    pub fn wait_job(&self, id: &str) -> anyhow::Result<Value> {
+        loop {
+            let job = self.get(&format!("/v1/jobs/{id}?wait=20"))?;
+            if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return Ok(job);
+            }
+        }
+    }
+}

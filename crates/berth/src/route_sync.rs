@@ -1,0 +1,153 @@
+//! Keeps the proxy's route table equal to the catalog: a full reload at start, on every
+//! `berth_routes` notification, and every 30 seconds as a safety net (a notification lost
+//! while the listener reconnects is caught there). The proxy itself never sees the catalog.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use catalog::{Catalog, RouteEntry};
+use control::Instances;
+use proxy::routes::{Database, Limits, PoolConfig, PoolMode, Role, Upstream, UpstreamAddr};
+use proxy::{Proxy, RouteTable, SslMode};
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+use wire::scram::ScramVerifier;
+
+const FULL_RELOAD: Duration = Duration::from_secs(30);
+
+/// Builds the proxy's table from the catalog's snapshot.
+pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTable {
+    let mut databases: HashMap<String, Database> = HashMap::new();
+    for e in entries {
+        if databases.contains_key(&e.database) {
+            // Names are unique per organization; the proxy routes by name alone.
+            tracing::warn!(database = %e.database, project_id = %e.project_id, "database name served by another project; skipped");
+            continue;
+        }
+        let mut roles = HashMap::new();
+        for r in e.roles {
+            match ScramVerifier::parse(&r.verifier) {
+                Ok(v) => {
+                    roles.insert(
+                        r.name.clone(),
+                        Role { name: r.name, verifiers: vec![v], upstream_password: None },
+                    );
+                }
+                Err(_) => {
+                    tracing::error!(project_id = %e.project_id, role = %r.name, "stored verifier is invalid")
+                }
+            }
+        }
+        let ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).map(Duration::from_millis);
+        let limits = Limits {
+            max_client_connections: e.limits.max_direct_connections.and_then(|v| u32::try_from(v).ok()),
+            query_timeout: ms(e.limits.query_timeout_ms),
+            transaction_timeout: ms(e.limits.transaction_timeout_ms),
+            idle_timeout: ms(e.limits.idle_timeout_ms),
+            idle_in_transaction_timeout: ms(e.limits.idle_in_transaction_timeout_ms),
+        };
+        let pool = pool_config(&e.pool_config, e.limits.max_pooled_connections);
+        let database = Database {
+            name: e.database.clone(),
+            upstream: Upstream {
+                addr: UpstreamAddr::Unix { dir: instances.socket_dir(&e.branch_id), port: instances.port() },
+                dbname: e.database.clone(),
+                ssl_mode: SslMode::Disable,
+                ssl_root_cert: None,
+                tls: None,
+            },
+            roles,
+            limits,
+            pool,
+        };
+        databases.insert(e.database, database);
+    }
+    RouteTable::new(databases.into_values())
+}
+
+/// The API's pool settings over the proxy's defaults; the pooled connection limit caps
+/// the clients that may hold or wait for a server connection.
+fn pool_config(json: &serde_json::Value, max_pooled: Option<i32>) -> PoolConfig {
+    let api: control::views::PoolConfig = serde_json::from_value(json.clone()).unwrap_or_default();
+    let defaults = PoolConfig::default();
+    PoolConfig {
+        pool_size: api.pool_size.unwrap_or(defaults.pool_size),
+        min_pool_size: api.min_pool_size.unwrap_or(defaults.min_pool_size),
+        pool_mode: match api.pool_mode {
+            Some(control::views::PoolMode::Session) => PoolMode::Session,
+            Some(control::views::PoolMode::Transaction) => PoolMode::Transaction,
+            None => defaults.pool_mode,
+        },
+        max_active: max_pooled.and_then(|v| u32::try_from(v).ok()),
+        pool_timeout: api.pool_timeout_ms.map_or(defaults.pool_timeout, Duration::from_millis),
+        server_idle_timeout: api
+            .server_idle_timeout_ms
+            .map_or(defaults.server_idle_timeout, Duration::from_millis),
+        server_lifetime: api.server_lifetime_ms.map_or(defaults.server_lifetime, Duration::from_millis),
+    }
+}
+
+async fn reload(catalog: &Catalog, instances: &Instances, proxy: &Proxy, why: &str) {
+    match catalog.route_snapshot().await {
+        Ok(entries) => {
+            let table = route_table(entries, instances);
+            let before = proxy.routes().len();
+            let after = table.len();
+            proxy.set_routes(table);
+            if why == "periodic" && before == after {
+                tracing::debug!(why, databases = after, "routes reloaded");
+            } else {
+                tracing::info!(why, databases = after, "routes reloaded");
+            }
+        }
+        Err(e) => tracing::error!(why, error = %e, "route reload failed; keeping the previous routes"),
+    }
+}
+
+/// Follows the catalog until `shutdown`.
+pub async fn run(catalog: Catalog, instances: Arc<Instances>, proxy: Proxy, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(FULL_RELOAD);
+    tick.tick().await;
+    loop {
+        let mut listener = match PgListener::connect_with(catalog.pool()).await {
+            Ok(mut l) => match l.listen(catalog::ROUTES_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot LISTEN for route changes; polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for route changes; polling");
+                None
+            }
+        };
+        reload(&catalog, &instances, &proxy, "listening").await;
+        loop {
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.try_recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    reload(&catalog, &instances, &proxy, "periodic").await;
+                    if listener.is_none() { break; }
+                }
+                n = notified => match n {
+                    Ok(Some(_)) => reload(&catalog, &instances, &proxy, "catalog changed").await,
+                    // Connection lost (notifications may be lost with it) or an error:
+                    // reconnect, and reload once listening again.
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("route notifications interrupted; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
