@@ -29,6 +29,8 @@ enum Command {
     Projects(client::ProjectsArgs),
     /// Print a project's connection string.
     Connection(client::ConnectionArgs),
+    /// Rotate a project's credentials.
+    Credentials(client::CredentialsArgs),
     /// Show jobs.
     Jobs(client::JobsArgs),
     /// Create, list and revoke API keys.
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => serve(Box::pin(proxy_cmd::run(args))),
         Command::Projects(args) => client::projects(args),
         Command::Connection(args) => client::connection(args),
+        Command::Credentials(args) => client::credentials(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Keys(args) => client::keys(args),
     };

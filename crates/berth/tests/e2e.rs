@@ -206,6 +206,39 @@ fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_d
     let (ok, out, err) = psql(&direct, "select count(*) > 0 from pgbench_accounts");
     assert!(ok && out == "t", "direct after restart: {out} {err}");
 
+    // Rotation: a session open across it keeps going, the old password stops working, the
+    // new string works at once.
+    let mut held = Command::new("psql")
+        .arg(&direct)
+        .args(["-X", "-At"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("psql held open");
+    let mut held_in = held.stdin.take().expect("stdin");
+    use std::io::Write;
+    writeln!(held_in, "select 'before';").expect("write");
+    let (ok, out, err) = up.cli(&["credentials", "rotate", "shop"]);
+    assert!(ok && out.contains("rotate_credentials") && out.contains("succeeded"), "rotate: {out} {err}");
+    let rotated = up.connection("shop", false);
+    assert_ne!(rotated, direct);
+    // The route sync follows the catalog within milliseconds; allow for it.
+    wait_for("the old password to stop working", || {
+        let (ok, _, err) = psql(&direct, "select 1");
+        !ok && err.contains("password authentication failed")
+    });
+    let (ok, out, err) = psql(&rotated, "select x from t");
+    assert!(ok && out == "42", "new password: {out} {err}");
+    writeln!(held_in, "select 'after';").expect("write");
+    drop(held_in);
+    let held_out = held.wait_with_output().expect("held psql");
+    assert_eq!(
+        String::from_utf8_lossy(&held_out.stdout).trim(),
+        "before\nafter",
+        "the open session was dropped"
+    );
+    let direct = rotated;
+
     // A killed instance is restarted by the supervisor; meanwhile clients get 57P03.
     let pidfile = std::fs::read_dir(data.path().join("instances"))
         .expect("instances")

@@ -60,6 +60,9 @@ pub struct ProjectRole {
     pub password_ciphertext: Vec<u8>,
     pub verifier: String,
     pub created_at: DateTime<Utc>,
+    /// Set while a rotation runs: the password and verifier that will replace these.
+    pub next_password_ciphertext: Option<Vec<u8>>,
+    pub next_verifier: Option<String>,
 }
 
 impl std::fmt::Debug for ProjectRole {
@@ -296,6 +299,38 @@ impl Catalog {
             .bind(project_id)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// Starts a rotation: records the next password and verifier, unless a rotation of the
+    /// role is already under way (then that one is kept). Returns the role as it is now.
+    pub async fn begin_rotation(
+        &self,
+        role_id: &str,
+        next_password_ciphertext: &[u8],
+        next_verifier: &str,
+    ) -> Result<ProjectRole, CatalogError> {
+        sqlx::query(
+            "UPDATE roles SET next_password_ciphertext = $2, next_verifier = $3 \
+             WHERE id = $1 AND next_verifier IS NULL",
+        )
+        .bind(role_id)
+        .bind(next_password_ciphertext)
+        .bind(next_verifier)
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query_as("SELECT * FROM roles WHERE id = $1").bind(role_id).fetch_one(&self.pool).await?)
+    }
+
+    /// Ends a rotation: the next password and verifier become the only ones.
+    pub async fn finish_rotation(&self, role_id: &str) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE roles SET password_ciphertext = next_password_ciphertext, verifier = next_verifier, \
+             next_password_ciphertext = NULL, next_verifier = NULL WHERE id = $1 AND next_verifier IS NOT NULL",
+        )
+        .bind(role_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Branches whose instances should be running: those of ready projects.

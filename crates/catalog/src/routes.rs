@@ -21,6 +21,8 @@ pub struct RouteRole {
     pub name: String,
     /// `SCRAM-SHA-256$…` as in pg_authid.
     pub verifier: String,
+    /// During a rotation, the verifier that will replace it (both are valid meanwhile).
+    pub next_verifier: Option<String>,
 }
 
 impl std::fmt::Debug for RouteEntry {
@@ -44,6 +46,7 @@ struct Row {
     pool_config: serde_json::Value,
     role_name: String,
     verifier: String,
+    next_verifier: Option<String>,
 }
 
 impl Catalog {
@@ -52,7 +55,7 @@ impl Catalog {
             "SELECT p.id AS project_id, p.organization_id, p.name, b.id AS branch_id, \
              p.max_direct_connections, p.max_pooled_connections, p.query_timeout_ms, \
              p.transaction_timeout_ms, p.idle_timeout_ms, p.idle_in_transaction_timeout_ms, \
-             p.pool_config, r.name AS role_name, r.verifier \
+             p.pool_config, r.name AS role_name, r.verifier, r.next_verifier \
              FROM projects p JOIN branches b ON b.project_id = p.id AND b.name = 'main' \
              JOIN roles r ON r.project_id = p.id WHERE p.state = 'ready' ORDER BY p.id, r.id",
         )
@@ -60,7 +63,8 @@ impl Catalog {
         .await?;
         let mut entries: Vec<RouteEntry> = Vec::new();
         for row in rows {
-            let role = RouteRole { name: row.role_name, verifier: row.verifier };
+            let role =
+                RouteRole { name: row.role_name, verifier: row.verifier, next_verifier: row.next_verifier };
             match entries.last_mut() {
                 Some(last) if last.project_id == row.project_id => last.roles.push(role),
                 _ => entries.push(RouteEntry {

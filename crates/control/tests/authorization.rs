@@ -103,6 +103,14 @@ async fn every_endpoint_against_every_kind_of_caller() {
             Scope::CredentialsRead,
             [Ok(200), Ok(200), Status(404), Status(404)],
         ),
+        // Still provisioning: rotation is refused as a conflict, after authorization.
+        (
+            Method::POST,
+            format!("/v1/projects/{p1}/credentials/rotate"),
+            Some("{}"),
+            Scope::CredentialsWrite,
+            [Status(409), Status(409), Status(404), Status(404)],
+        ),
         (Method::GET, "/v1/jobs".into(), None, Scope::JobsRead, [Ok(200), Ok(200), Ok(200), Ok(200)]),
         (
             Method::GET,

@@ -183,3 +183,55 @@ async fn limits_update_live_and_a_long_poll_times_out_on_an_unfinished_job() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(job["state"], "pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_sets_a_new_verifier_with_the_old_salt_and_locks_the_project_meanwhile() {
+    let h = harness().await;
+    tokio::task::block_in_place(|| h.control.instances.ensure_template()).unwrap();
+    let (_, job_id) = h.create_project("shop").await;
+    h.drain_jobs().await;
+    let (_, before) = h.get("/v1/projects/shop/connection").await;
+    let old_uri = before["connectionUri"].as_str().unwrap().to_owned();
+
+    let rotate = || h.call(Method::POST, "/v1/projects/shop/credentials/rotate", Some(&h.admin), Some(""));
+    let (status, body) = rotate().await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let rotation = body["job"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["job"]["type"], "rotate_credentials");
+    let (status, body) = rotate().await;
+    assert_eq!(status, StatusCode::LOCKED, "{body}");
+    assert_eq!(body["job"]["id"], rotation.as_str());
+    let (status, _) = h.call(Method::DELETE, "/v1/projects/shop", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::LOCKED, "deleting during a rotation");
+    h.drain_jobs().await;
+    assert_eq!(h.job(&rotation).await.state, "succeeded");
+
+    let (_, after) = h.get("/v1/projects/shop/connection").await;
+    let new_uri = after["connectionUri"].as_str().unwrap();
+    assert_ne!(new_uri, old_uri);
+    let password = |uri: &str| uri["postgresql://shop_owner:".len()..].split('@').next().unwrap().to_owned();
+    let (old, new) = (password(&old_uri), password(new_uri));
+
+    // The instance holds the new password's verifier, derived with the old salt.
+    let branch = h.job(&job_id).await.cluster_id.unwrap();
+    let (su, conn) = tokio_postgres::Config::new()
+        .host_path(h.control.instances.socket_dir(&branch))
+        .port(h.control.instances.port())
+        .user("postgres")
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let stored: String = su
+        .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop_owner'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let stored = wire::scram::ScramVerifier::parse(&stored).unwrap();
+    assert_eq!(wire::scram::ScramVerifier::derive(&new, &stored.salt, stored.iterations), stored);
+    assert_ne!(wire::scram::ScramVerifier::derive(&old, &stored.salt, stored.iterations), stored);
+    let roles = h.control.catalog.roles(h.job(&job_id).await.project_id.as_deref().unwrap()).await.unwrap();
+    assert!(roles[0].next_verifier.is_none(), "the rotation was left half-done");
+    assert_eq!(roles[0].verifier, stored.to_pg_authid());
+}

@@ -56,6 +56,24 @@ pub struct ConnectionArgs {
 }
 
 #[derive(Args)]
+pub struct CredentialsArgs {
+    #[command(subcommand)]
+    command: CredentialsCommand,
+    #[command(flatten)]
+    opts: ClientOpts,
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Give the project's owner role a new password; open sessions stay connected.
+    Rotate {
+        project: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Args)]
 pub struct JobsArgs {
     #[command(subcommand)]
     command: JobsCommand,
@@ -218,6 +236,26 @@ pub fn connection(args: ConnectionArgs) -> anyhow::Result<()> {
         output::json(&c)
     } else {
         println!("{}", cell(&c["connectionUri"]))
+    }
+    Ok(())
+}
+
+pub fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.opts)?;
+    let CredentialsCommand::Rotate { project, no_wait } = args.command;
+    let started = api.post(&format!("/v1/projects/{project}/credentials/rotate"), &json!({}))?;
+    let job = if no_wait {
+        started["job"].clone()
+    } else {
+        wait(&api, &started["job"], &format!("rotating {project}"))?
+    };
+    if args.opts.json {
+        output::json(&job);
+    } else {
+        job_rows(std::slice::from_ref(&job));
+        if !no_wait {
+            println!("\nThe old password no longer works; new string: berth connection {project}");
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! shape, cursor pagination, and the OpenAPI document.
 
 mod connection;
+mod credentials;
 mod idempotency;
 mod jobs;
 mod keys;
@@ -33,6 +34,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/projects/{id}/connection", get(connection::connection))
         .route("/database/v1/projects/{id}/connection", get(connection::connection))
         .route("/v1/projects/{id}/connections", get(connection::connections))
+        .route("/v1/projects/{id}/credentials/rotate", axum::routing::post(credentials::rotate))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/keys", get(keys::list).post(keys::create))

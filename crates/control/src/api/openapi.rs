@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         super::projects::delete,
         super::connection::connection,
         super::connection::connections,
+        super::credentials::rotate,
         super::jobs::get,
         super::jobs::list,
         super::keys::create,

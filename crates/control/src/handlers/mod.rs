@@ -4,6 +4,7 @@
 
 mod delete;
 mod provision;
+mod rotate;
 
 use catalog::{Job, RetryClassification};
 use node::NodeError;
@@ -12,6 +13,7 @@ use crate::Control;
 
 pub const PROVISION_PROJECT: &str = "provision_project";
 pub const DELETE_PROJECT: &str = "delete_project";
+pub const ROTATE_CREDENTIALS: &str = "rotate_credentials";
 
 /// A failed attempt, with what an external command printed when one failed.
 #[derive(Debug, Clone)]
@@ -67,6 +69,7 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
     match job.kind.as_str() {
         PROVISION_PROJECT => provision::run(control, job).await,
         DELETE_PROJECT => delete::run(control, job).await,
+        ROTATE_CREDENTIALS => rotate::run(control, job).await,
         other => Err(JobError::permanent(format!("unknown job type {other:?}"))),
     }
 }

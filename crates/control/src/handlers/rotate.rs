@@ -1,0 +1,74 @@
+//! `rotate_credentials`: a new password for the project's owner role without dropping anyone.
+//! The new verifier (same salt and iterations as the old, so one SCRAM exchange can be
+//! checked against both) is published beside the old one, set on the instance with
+//! `ALTER ROLE … PASSWORD '<verifier>'`, and then replaces it (grace period 0: the old
+//! password stops working when the job ends). Open sessions are never touched.
+
+use catalog::{Job, project_state};
+use rand::Rng;
+use wire::scram::ScramVerifier;
+
+use super::JobError;
+use crate::Control;
+use crate::names::{owner_role, quote_ident};
+
+pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
+    let project_id = job.project_id.as_deref().ok_or_else(|| JobError::permanent("job names no project"))?;
+    let project = control
+        .catalog
+        .project(project_id)
+        .await?
+        .ok_or_else(|| JobError::permanent("the project no longer exists"))?;
+    if project.state != project_state::READY {
+        return Err(JobError::permanent(format!("the project is {}, not ready", project.state)));
+    }
+    let owner = owner_role(&project.name);
+    let role = control
+        .catalog
+        .roles(project_id)
+        .await?
+        .into_iter()
+        .find(|r| r.name == owner)
+        .ok_or_else(|| JobError::permanent("the project has no owner role"))?;
+    let current = ScramVerifier::parse(&role.verifier)
+        .map_err(|_| JobError::permanent("stored verifier is invalid"))?;
+    let password = catalog::Secret::new(
+        rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect::<String>(),
+    );
+    let next = ScramVerifier::derive(password.expose(), &current.salt, current.iterations).to_pg_authid();
+    let sealed = control.master_key.seal_secret(&password, &role.id);
+    // A retried job finds the rotation it began and finishes that one.
+    let role = control.catalog.begin_rotation(&role.id, &sealed, &next).await?;
+    let next = role.next_verifier.clone().ok_or_else(|| JobError::transient("rotation vanished"))?;
+
+    let branch = control
+        .catalog
+        .branches(project_id)
+        .await?
+        .into_iter()
+        .find(|b| b.name == "main")
+        .ok_or_else(|| JobError::permanent("no main branch"))?;
+    let (client, connection) = tokio_postgres::Config::new()
+        .host_path(control.instances.socket_dir(&branch.id))
+        .port(control.instances.port())
+        .user(control.instances.superuser())
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    client.batch_execute("SET log_min_error_statement = panic").await?;
+    client
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD '{}'",
+            quote_ident(&role.name),
+            next.replace('\'', "''")
+        ))
+        .await?;
+    control.catalog.finish_rotation(&role.id).await?;
+    tracing::info!(project_id, role = %role.name, "credentials rotated");
+    Ok(())
+}
