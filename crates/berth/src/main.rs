@@ -5,6 +5,7 @@
 mod bootstrap;
 mod catalog_instance;
 mod client;
+mod datadir;
 mod proxy_cmd;
 mod route_sync;
 mod signals;

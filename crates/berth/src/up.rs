@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Where Berth keeps its catalog, instances, keys and certificates.
-    #[arg(long, env = "BERTH_DATA", default_value = "./berth-data")]
-    data: PathBuf,
+    /// Where Berth keeps its catalog, instances, keys and certificates
+    /// [default: ./berth-data, or /var/lib/berth as root under a private directory].
+    #[arg(long, env = "BERTH_DATA")]
+    data: Option<PathBuf>,
     /// Use this PostgreSQL as the catalog instead of a local instance (postgresql:// URL).
     #[arg(long, env = "BERTH_CATALOG_URL", hide_env_values = true)]
     catalog_url: Option<String>,
@@ -42,7 +43,7 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let dir = prepare_data_dir(&args.data)?;
+    let dir = prepare_data_dir(&crate::datadir::for_up(args.data.clone()))?;
     let bins = PgBinaries::find()?;
     let master_key = MasterKey::load_or_create(&dir.join("master.key"))?;
     let shutdown = CancellationToken::new();

@@ -15,9 +15,10 @@ pub struct ClientOpts {
     /// API URL; defaults to the one `berth up` wrote in the data directory.
     #[arg(long, env = "BERTH_API_URL", global = true)]
     pub api_url: Option<String>,
-    /// Data directory of a local `berth up` (for the API URL and admin key).
-    #[arg(long, env = "BERTH_DATA", default_value = "./berth-data", global = true)]
-    pub data: PathBuf,
+    /// Data directory of a local `berth up`, for its API URL and admin key
+    /// [default: ./berth-data, else /var/lib/berth].
+    #[arg(long, env = "BERTH_DATA", global = true)]
+    pub data: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -35,13 +36,14 @@ fn read_file(path: &std::path::Path) -> Option<String> {
 
 impl Api {
     pub fn new(opts: &ClientOpts) -> anyhow::Result<Api> {
-        let base = opts.api_url.clone().or_else(|| read_file(&opts.data.join("api.url"))).context(
+        let data = crate::datadir::for_client(opts.data.clone());
+        let base = opts.api_url.clone().or_else(|| read_file(&data.join("api.url"))).context(
             "no API URL: set BERTH_API_URL, or run on the machine of `berth up` (with --data DIR)",
         )?;
         let key = std::env::var("BERTH_API_KEY")
             .ok()
             .filter(|k| !k.is_empty())
-            .or_else(|| read_file(&opts.data.join("admin.key")))
+            .or_else(|| read_file(&data.join("admin.key")))
             .map(Secret::new)
             .context(
                 "no API key: set BERTH_API_KEY, or run on the machine of `berth up` (with --data DIR)",
