@@ -12,44 +12,43 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::{CancelRequest, StartupPacket};
 
-use crate::routes::Upstream;
+use crate::routes::Database;
 use crate::upstream::open_transport;
 
+/// A server connection to cancel: where it is and its real key.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub upstream: Upstream,
+    pub db: Arc<Database>,
     pub pid: i32,
     pub secret: i32,
 }
 
+/// What a client's key points at now; a pooled client's server changes per transaction,
+/// and between transactions there is nothing to cancel.
+type Slot = Arc<Mutex<Option<CancelTarget>>>;
+
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<CancelRequest, CancelTarget>>,
+    map: Mutex<HashMap<CancelRequest, Slot>>,
 }
 
 impl CancelRegistry {
-    /// Registers `target` under `pid` (what the client will see) and a fresh random secret.
-    pub fn register(self: &Arc<Self>, pid: i32, target: CancelTarget) -> CancelGuard {
+    /// Registers a client under `pid` (what it will see) and a fresh random secret.
+    pub fn register(self: &Arc<Self>, pid: i32, target: Option<CancelTarget>) -> CancelGuard {
+        let slot: Slot = Arc::new(Mutex::new(target));
         let mut map = self.map.lock().expect("cancel registry lock poisoned");
         loop {
             let key = CancelRequest { pid, secret: rand::random() };
-            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(key) {
-                slot.insert(target);
-                return CancelGuard { registry: Arc::clone(self), key };
+            if let std::collections::hash_map::Entry::Vacant(entry) = map.entry(key) {
+                entry.insert(Arc::clone(&slot));
+                return CancelGuard { registry: Arc::clone(self), key, slot };
             }
         }
     }
 
     pub fn lookup(&self, key: &CancelRequest) -> Option<CancelTarget> {
-        self.map.lock().expect("cancel registry lock poisoned").get(key).cloned()
-    }
-
-    /// Points an existing key at another server connection (pooling: the client's server
-    /// changes per transaction).
-    pub fn retarget(&self, key: &CancelRequest, target: CancelTarget) {
-        if let Some(slot) = self.map.lock().expect("cancel registry lock poisoned").get_mut(key) {
-            *slot = target;
-        }
+        let slot = self.map.lock().expect("cancel registry lock poisoned").get(key).cloned()?;
+        slot.lock().expect("cancel slot poisoned").clone()
     }
 
     pub fn len(&self) -> usize {
@@ -65,16 +64,22 @@ impl CancelRegistry {
     }
 }
 
-/// Removes the registration when the session ends.
+/// A client's registration; removed when the session ends.
 #[derive(Debug)]
 pub struct CancelGuard {
     registry: Arc<CancelRegistry>,
     key: CancelRequest,
+    slot: Slot,
 }
 
 impl CancelGuard {
     pub fn key(&self) -> CancelRequest {
         self.key
+    }
+
+    /// Points the client's key at the server it holds now (or at nothing).
+    pub fn set(&self, target: Option<CancelTarget>) {
+        *self.slot.lock().expect("cancel slot poisoned") = target;
     }
 }
 
@@ -87,7 +92,7 @@ impl Drop for CancelGuard {
 /// Sends a CancelRequest with the target's real key and waits briefly for the server to
 /// close the connection, which it does once the request is processed.
 pub async fn forward(target: &CancelTarget, timeout: Duration) -> Result<(), String> {
-    let mut stream = open_transport(&target.upstream, timeout).await?;
+    let mut stream = open_transport(&target.db.upstream, timeout).await?;
     let mut buf = BytesMut::new();
     StartupPacket::Cancel(CancelRequest { pid: target.pid, secret: target.secret }).encode(&mut buf);
     stream.write_all(&buf).await.map_err(|e| e.to_string())?;

@@ -17,6 +17,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::ProxySection;
 use crate::limits::ConnectionCounts;
 use crate::routes::RouteTable;
+use crate::session::ListenerKind;
 use crate::tls::TlsServer;
 
 /// How many connections over the limit may be in their TLS handshake at once to be told
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     /// Keys the fake SCRAM salts of unknown users; random per process.
     pub fake_secret: [u8; 32],
     pub shutdown: CancellationToken,
+    pub pools: crate::pool::Pools,
+    pub classify: crate::pool::classify::ClassifyCache,
     deadline: OnceLock<Instant>,
     connections: Arc<Semaphore>,
     /// Connections being refused (TLS and startup only, then 53300).
@@ -91,6 +94,8 @@ impl Proxy {
                 counts: ConnectionCounts::default(),
                 fake_secret: rand::random(),
                 shutdown: CancellationToken::new(),
+                pools: crate::pool::Pools::default(),
+                classify: crate::pool::classify::ClassifyCache::new(10_000),
                 deadline: OnceLock::new(),
                 connections,
                 refusals: Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS)),
@@ -119,19 +124,33 @@ impl Proxy {
         self.shared.counts.current(db)
     }
 
+    /// The pools, for the admin console and metrics.
+    pub fn pools(&self) -> Vec<Arc<crate::pool::Pool>> {
+        self.shared.pools.all()
+    }
+
     pub fn cancel_registrations(&self) -> usize {
         self.shared.cancels.len()
     }
 
-    /// Accepts connections until shutdown begins.
+    /// Accepts direct (session) connections until shutdown begins.
     pub async fn serve(&self, listener: TcpListener) {
+        self.serve_kind(listener, ListenerKind::Direct).await
+    }
+
+    /// Accepts pooled connections until shutdown begins.
+    pub async fn serve_pooled(&self, listener: TcpListener) {
+        self.serve_kind(listener, ListenerKind::Pooled).await
+    }
+
+    async fn serve_kind(&self, listener: TcpListener, kind: ListenerKind) {
         loop {
             tokio::select! {
                 () = self.shared.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        self.spawn_connection(stream, peer.to_string());
+                        self.spawn_connection(stream, peer.to_string(), kind);
                     }
                     Err(e) => {
                         // Usually EMFILE: back off instead of spinning.
@@ -144,7 +163,7 @@ impl Proxy {
     }
 
     /// Serves one already-accepted connection (any byte stream: tests use in-memory pipes).
-    pub fn spawn_connection<S>(&self, stream: S, peer: String)
+    pub fn spawn_connection<S>(&self, stream: S, peer: String, kind: ListenerKind)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -161,14 +180,14 @@ impl Proxy {
                 };
                 tracing::warn!(%peer, "refusing connection: max_client_connections reached");
                 self.shared.tracker.spawn(async move {
-                    crate::session::refuse(shared, stream, peer).await;
+                    crate::login::refuse(shared, stream, peer).await;
                     drop(refusal);
                 });
                 return;
             }
         };
         self.shared.tracker.spawn(async move {
-            crate::session::handle(shared, stream, peer).await;
+            crate::session::handle(shared, stream, peer, kind).await;
             drop(permit);
         });
     }

@@ -1,47 +1,30 @@
-//! One client connection from accept to close: negotiate, authenticate, pick the route, open
-//! the upstream session as the client's role, then relay until either side ends, while a
-//! watchdog enforces the database's timeouts and the proxy's graceful shutdown. Errors end
-//! only this connection.
+//! One client connection from accept to close: log in, then serve it on the direct or the
+//! pooled path. Errors end only this connection.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use wire::backend::{BackendMessage, TransactionStatus};
-use wire::scram::ChannelBinding;
-use wire::{ErrorResponse, SqlState};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::activity::{Activity, CancelReason};
-use crate::auth::authenticate;
-use crate::cancel::{self, CancelGuard, CancelTarget};
-use crate::error::{ErrorKind, SessionError};
-use crate::handshake::{Negotiated, check_version, negotiate, send_error};
-use crate::limits::CountGuard;
-use crate::relay::{ClientEnd, Control, ServerEnd, client_to_server, server_to_client};
-use crate::routes::{Database, Limits};
+use crate::login::{log_end, login};
 use crate::server::Shared;
-use crate::stream::{ClientStream, UpstreamStream};
 
-struct Established<S: AsyncRead + AsyncWrite + Unpin> {
-    client: ClientStream<S>,
-    upstream: UpstreamStream,
-    db: Arc<Database>,
-    user: String,
-    status: TransactionStatus,
-    cancel: CancelGuard,
-    target: CancelTarget,
-    _count: CountGuard,
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// One upstream session per client.
+    Direct,
+    /// Server connections shared through the database's pool.
+    Pooled,
 }
 
-pub(crate) async fn handle<S>(shared: Arc<Shared>, raw: S, peer: String)
+pub(crate) async fn handle<S>(shared: Arc<Shared>, raw: S, peer: String, kind: ListenerKind)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
-    let setup = tokio::time::timeout(shared.settings.auth_timeout, setup(&shared, raw)).await;
-    let session = match setup {
+    let deadline = tokio::time::Instant::now() + shared.settings.auth_timeout;
+    let logged_in = match tokio::time::timeout_at(deadline, login(&shared, raw)).await {
         Err(_) => {
             tracing::info!(%peer, "closing connection: authentication timeout");
             return;
@@ -51,331 +34,30 @@ where
             return;
         }
         Ok(Ok(None)) => return,
-        Ok(Ok(Some(s))) => s,
+        Ok(Ok(Some(li))) => li,
     };
-    tracing::info!(%peer, db = %session.db.name, user = %session.user, setup_ms = started.elapsed().as_millis() as u64, "session started");
-    let (db, user) = (session.db.name.clone(), session.user.clone());
-    let end = run(&shared, session).await;
-    tracing::info!(%peer, %db, %user, reason = %end, "session ended");
-}
-
-/// Answers a connection over the proxy-wide limit: TLS and startup as usual, then
-/// `53300`. Cancel requests are still honoured, as PostgreSQL does.
-pub(crate) async fn refuse<S>(shared: Arc<Shared>, raw: S, peer: String)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let negotiated = tokio::time::timeout(
-        shared.settings.auth_timeout,
-        negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls),
-    )
-    .await;
-    match negotiated {
-        Ok(Ok(Negotiated::Startup { mut stream, .. })) => {
-            let e = SessionError::fatal(
-                ErrorKind::Limit,
-                SqlState::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients already",
-            );
-            let e = send_error(&mut stream, e).await;
-            log_end(&peer, &e);
-        }
-        Ok(Ok(Negotiated::Cancel(req))) => handle_cancel(&shared, req).await,
-        Ok(Err(e)) => log_end(&peer, &e),
-        Err(_) => tracing::info!(%peer, "closing refused connection: authentication timeout"),
-    }
-}
-
-fn log_end(peer: &str, e: &SessionError) {
-    match e.kind {
-        ErrorKind::Disconnect => {
-            tracing::debug!(%peer, detail = %e.detail, "connection closed during startup")
-        }
-        kind => tracing::info!(%peer, kind = kind.as_str(), detail = %e.detail, "connection refused"),
-    }
-}
-
-async fn setup<S>(shared: &Arc<Shared>, raw: S) -> Result<Option<Established<S>>, SessionError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut client, startup) = match negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls).await?
-    {
-        Negotiated::Cancel(req) => {
-            handle_cancel(shared, req).await;
-            return Ok(None);
-        }
-        Negotiated::Startup { stream, startup } => (stream, startup),
-    };
-    match check_version(&startup) {
-        Err(e) => return Err(send_error(&mut client, e).await),
-        Ok(Some(negotiate_msg)) => {
-            let mut out = BytesMut::new();
-            negotiate_msg.encode(&mut out);
-            client.write_all(&out).await?;
-        }
-        Ok(None) => {}
-    }
-    let Some(user) = startup.user().map(str::to_owned) else {
-        let e = SessionError::fatal(
-            ErrorKind::Protocol,
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            "no PostgreSQL user name specified in startup packet",
-        );
-        return Err(send_error(&mut client, e).await);
-    };
-    let db_name = startup.database().unwrap_or_default().to_owned();
-    let routes = shared.routes.load_full();
-    let db = routes.get(&db_name).cloned();
-    let verifiers = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
-    let binding = match (&shared.tls, client.is_tls()) {
-        (Some(tls), true) => tls.channel_binding.clone(),
-        _ => ChannelBinding::None,
-    };
-    let keys = match authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
-        Ok(k) => k,
-        Err(e) => return Err(send_error(&mut client, e).await),
-    };
-    let db = db.expect("authentication succeeds only for a known database");
-    let role = db.roles.get(&user).expect("authentication succeeds only for a known role");
-    let Some(count) = shared.counts.try_acquire(&db.name, db.limits.max_client_connections) else {
-        let e = SessionError::fatal(
-            ErrorKind::Limit,
-            SqlState::TOO_MANY_CONNECTIONS,
-            format!(
-                "too many connections for database \"{}\" (max_client_connections = {})",
-                db.name,
-                db.limits.max_client_connections.unwrap_or_default()
-            ),
-        );
-        return Err(send_error(&mut client, e).await);
-    };
-    let up =
-        match crate::upstream::connect(&db, role, &startup.params, &keys, shared.settings.connect_timeout)
-            .await
-        {
-            Ok(up) => up,
-            Err(e) => return Err(send_error(&mut client, e).await),
-        };
-    let target = CancelTarget { upstream: db.upstream.clone(), pid: up.pid, secret: up.secret };
-    let cancel = shared.cancels.register(up.pid, target.clone());
-    let mut out = up.startup_frames;
-    BackendMessage::BackendKeyData { pid: up.pid, secret: cancel.key().secret }.encode(&mut out);
-    BackendMessage::ReadyForQuery(up.status).encode(&mut out);
-    client.write_all(&out).await?;
-    client.flush().await?;
-    Ok(Some(Established {
-        client,
-        upstream: up.stream,
-        db,
-        user,
-        status: up.status,
-        cancel,
-        target,
-        _count: count,
-    }))
-}
-
-async fn handle_cancel(shared: &Arc<Shared>, req: wire::CancelRequest) {
-    // PostgreSQL answers a CancelRequest with nothing, whether or not the key matched.
-    let Some(target) = shared.cancels.lookup(&req) else {
-        tracing::info!(pid = req.pid, "cancel request with an unknown key ignored");
-        return;
-    };
-    match cancel::forward(&target, shared.settings.connect_timeout).await {
-        Ok(()) => tracing::info!(pid = req.pid, "cancel request forwarded"),
-        Err(e) => tracing::warn!(pid = req.pid, error = %e, "cancel request could not be forwarded"),
-    }
-}
-
-#[derive(Debug)]
-enum End {
-    Client(ClientEnd),
-    Server(ServerEnd),
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::Client(ClientEnd::Terminated) => f.write_str("client terminated"),
-            End::Client(ClientEnd::Closed(e)) => write!(f, "client closed: {e}"),
-            End::Client(ClientEnd::Protocol(e)) => write!(f, "client protocol error: {e}"),
-            End::Client(ClientEnd::ServerWrite(e)) => write!(f, "server write failed: {e}"),
-            End::Server(ServerEnd::ServerClosed(e)) => write!(f, "server closed: {e}"),
-            End::Server(ServerEnd::ClientWrite(e)) => write!(f, "client write failed: {e}"),
-            End::Server(ServerEnd::Stopped(Control::Fatal(e))) => write!(f, "{e}"),
-            End::Server(ServerEnd::Stopped(Control::Close)) => f.write_str("client closed"),
-            End::Server(ServerEnd::Protocol(e)) => write!(f, "server protocol error: {e}"),
-        }
-    }
-}
-
-async fn run<S>(shared: &Arc<Shared>, session: Established<S>) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let Established { client, upstream, db, status, cancel, target, .. } = session;
-    let (mut client_rd, client_wr) = tokio::io::split(client);
-    let (server_rd, server_wr) = tokio::io::split(upstream);
-    let activity = Activity::new(status);
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(2);
-    let db_name = db.name.clone();
-    let reword = move |reason: CancelReason, mut err: ErrorResponse| {
-        let CancelReason::QueryTimeout = reason;
-        let limit = shared_limit_text(&db);
-        err.set(b'M', format!("canceling statement due to query timeout{limit}"));
-        err
-    };
-
-    // The relay borrows the client's read half so that it is still here to drain when the
-    // relay has stopped (see `linger`).
-    let (end, client_end) = {
-        let c2s = {
-            let ctl = ctl_tx.clone();
-            let activity = &activity;
-            let max = shared.settings.max_message_size;
-            let client_rd = &mut client_rd;
-            async move {
-                let end = client_to_server(client_rd, server_wr, max, activity).await;
-                let control = match &end {
-                    ClientEnd::Protocol(e) => Control::Fatal(e.clone()),
-                    _ => Control::Close,
+    let (db, user) = (logged_in.db.name.clone(), logged_in.user.clone());
+    match kind {
+        ListenerKind::Direct => {
+            let session =
+                match tokio::time::timeout_at(deadline, crate::direct::establish(&shared, logged_in)).await {
+                    Err(_) => {
+                        tracing::info!(%peer, "closing connection: authentication timeout");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        log_end(&peer, &e);
+                        return;
+                    }
+                    Ok(Ok(s)) => s,
                 };
-                let _ = ctl.send(control).await;
-                end
-            }
-        };
-        let s2c = server_to_client(server_rd, client_wr, &activity, &mut ctl_rx, &reword);
-        let dog = watchdog(shared, &db_name, &activity, ctl_tx, &target);
-        tokio::pin!(c2s, s2c, dog);
-        let mut client_end = None;
-        let mut dog_done = false;
-        let end = loop {
-            tokio::select! {
-                e = &mut s2c => break End::Server(e),
-                e = &mut c2s, if client_end.is_none() => client_end = Some(e),
-                () = &mut dog, if !dog_done => dog_done = true,
-            }
-        };
-        (end, client_end)
-    };
-    drop(cancel);
-    if matches!(client_end, Some(ClientEnd::Protocol(_))) {
-        linger(&mut client_rd).await;
-    }
-    match (end, client_end) {
-        (End::Server(ServerEnd::Stopped(Control::Close)), Some(c)) => End::Client(c),
-        (end, _) => end,
-    }
-}
-
-/// How long a client that broke the protocol may go on sending after its FATAL.
-const LINGER: Duration = Duration::from_secs(5);
-
-/// Reads and discards what the client still sends after a protocol violation (the rest of
-/// an oversized message, typically) until it closes, for at most `LINGER`. Closing a socket
-/// with unread input makes the kernel send a reset, and a client still writing then fails
-/// on the write and never reads the FATAL that explains why.
-async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
-    let drain = async {
-        let mut sink = vec![0u8; 16 * 1024];
-        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-fn shared_limit_text(db: &Database) -> String {
-    db.limits
-        .query_timeout
-        .map(|t| format!(" (query_timeout = {})", humantime::format_duration(t)))
-        .unwrap_or_default()
-}
-
-/// Enforces timeouts and graceful shutdown. Limits are read from the current route table
-/// at every wake-up, so a reload applies to open sessions too.
-async fn watchdog(
-    shared: &Arc<Shared>,
-    db_name: &str,
-    activity: &Activity,
-    ctl: mpsc::Sender<Control>,
-    target: &CancelTarget,
-) {
-    let mut cancel_sent_for: Option<Instant> = None;
-    loop {
-        let limits: Limits = shared.routes.load().get(db_name).map(|d| d.limits.clone()).unwrap_or_default();
-        let now = Instant::now();
-        let s = activity.snapshot();
-        let mut next: Option<Instant> = None;
-        let mut soonest = |d: Instant| next = Some(next.map_or(d, |n: Instant| n.min(d)));
-        let fatal = |code: SqlState, msg: String| Control::Fatal(ErrorResponse::fatal(code, msg));
-
-        if let (Some(limit), Some(since)) = (limits.query_timeout, s.busy_since) {
-            let due = since + limit;
-            if due <= now {
-                if cancel_sent_for != Some(since) {
-                    cancel_sent_for = Some(since);
-                    activity.set_cancel(CancelReason::QueryTimeout);
-                    let target = target.clone();
-                    let timeout = shared.settings.connect_timeout;
-                    tokio::spawn(async move {
-                        if let Err(e) = cancel::forward(&target, timeout).await {
-                            tracing::warn!(error = %e, "query timeout: cancel could not be sent");
-                        }
-                    });
-                }
-            } else {
-                soonest(due);
-            }
+            tracing::info!(%peer, %db, %user, setup_ms = started.elapsed().as_millis() as u64, "session started");
+            let end = crate::direct::run(&shared, session).await;
+            tracing::info!(%peer, %db, %user, reason = %end, "session ended");
         }
-        if let (Some(limit), Some(since)) = (limits.transaction_timeout, s.transaction_since) {
-            let due = since + limit;
-            if due <= now {
-                let msg = format!(
-                    "terminating connection due to transaction timeout (transaction_timeout = {})",
-                    humantime::format_duration(limit)
-                );
-                let _ = ctl.send(fatal(SqlState::TRANSACTION_TIMEOUT, msg)).await;
-                return;
-            }
-            soonest(due);
-        }
-        if s.pending == 0 {
-            let (limit, code, what) = if s.status == TransactionStatus::Idle {
-                (limits.idle_timeout, SqlState::IDLE_SESSION_TIMEOUT, "idle-session timeout (idle_timeout")
-            } else {
-                (
-                    limits.idle_in_transaction_timeout,
-                    SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-                    "idle-in-transaction timeout (idle_in_transaction_timeout",
-                )
-            };
-            if let Some(limit) = limit {
-                let due = s.idle_since + limit;
-                if due <= now {
-                    let msg = format!(
-                        "terminating connection due to {what} = {})",
-                        humantime::format_duration(limit)
-                    );
-                    let _ = ctl.send(fatal(code, msg)).await;
-                    return;
-                }
-                soonest(due);
-            }
-        }
-        if shared.shutdown.is_cancelled() {
-            let deadline = shared.shutdown_deadline();
-            if s.is_idle() || deadline <= now {
-                let msg = "terminating connection due to administrator command".to_string();
-                let _ = ctl.send(fatal(SqlState::ADMIN_SHUTDOWN, msg)).await;
-                return;
-            }
-            soonest(deadline);
-        }
-        let sleep = next.map_or(Duration::from_secs(3600), |n| n.saturating_duration_since(now));
-        tokio::select! {
-            () = activity.changed() => {}
-            () = tokio::time::sleep(sleep) => {}
-            () = shared.shutdown.cancelled(), if !shared.shutdown.is_cancelled() => {}
+        ListenerKind::Pooled => {
+            let end = crate::pool::session::run(&shared, logged_in, deadline, &peer).await;
+            tracing::info!(%peer, %db, %user, reason = %end, "pooled session ended");
         }
     }
 }

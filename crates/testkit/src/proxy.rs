@@ -17,9 +17,13 @@ use crate::TestPg;
 
 pub struct TestProxy {
     pub proxy: Proxy,
+    /// The direct (session) listener.
     pub addr: SocketAddr,
+    /// The pooled listener.
+    pub pooled_addr: SocketAddr,
     pub ca: LocalCa,
     serve: tokio::task::JoinHandle<()>,
+    serve_pooled: tokio::task::JoinHandle<()>,
 }
 
 /// A route named `name` to database `dbname` of `pg`, with `roles` as (name, password).
@@ -73,7 +77,11 @@ impl TestProxy {
         let addr = listener.local_addr()?;
         let serving = proxy.clone();
         let serve = tokio::spawn(async move { serving.serve(listener).await });
-        Ok(TestProxy { proxy, addr, ca, serve })
+        let pooled = TcpListener::bind("127.0.0.1:0").await?;
+        let pooled_addr = pooled.local_addr()?;
+        let serving = proxy.clone();
+        let serve_pooled = tokio::spawn(async move { serving.serve_pooled(pooled).await });
+        Ok(TestProxy { proxy, addr, pooled_addr, ca, serve, serve_pooled })
     }
 
     pub fn client_tls(&self) -> rustls::ClientConfig {
@@ -82,15 +90,37 @@ impl TestProxy {
 
     /// tokio-postgres settings for a TLS connection through the proxy.
     pub fn config(&self, db: &str, user: &str, password: &str) -> tokio_postgres::Config {
+        Self::config_at(self.addr, db, user, password)
+    }
+
+    fn config_at(addr: SocketAddr, db: &str, user: &str, password: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         c.host("localhost")
-            .hostaddr(self.addr.ip())
-            .port(self.addr.port())
+            .hostaddr(addr.ip())
+            .port(addr.port())
             .dbname(db)
             .user(user)
             .password(password)
             .ssl_mode(tokio_postgres::config::SslMode::Require);
         c
+    }
+
+    /// tokio-postgres settings for a TLS connection through the pooled listener.
+    pub fn pooled_config(&self, db: &str, user: &str, password: &str) -> tokio_postgres::Config {
+        Self::config_at(self.pooled_addr, db, user, password)
+    }
+
+    /// Connects through the pooled listener.
+    pub async fn connect_pooled(
+        &self,
+        db: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<
+        (tokio_postgres::Client, tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>),
+        tokio_postgres::Error,
+    > {
+        self.connect_with(self.pooled_config(db, user, password)).await
     }
 
     /// Connects and spawns the connection task; the returned handle yields its end.
@@ -128,16 +158,26 @@ impl TestProxy {
         )
     }
 
+    /// The same for the pooled listener.
+    pub fn pooled_url(&self, db: &str, user: &str, password: &str, ca_file: &std::path::Path) -> String {
+        self.url(db, user, password, ca_file).replace(
+            &format!("localhost:{}/", self.addr.port()),
+            &format!("localhost:{}/", self.pooled_addr.port()),
+        )
+    }
+
     /// Graceful shutdown, waiting for sessions to drain.
     pub async fn stop(&mut self) {
         self.proxy.shutdown();
         self.proxy.drained().await;
         let _ = (&mut self.serve).await;
+        let _ = (&mut self.serve_pooled).await;
     }
 }
 
 impl Drop for TestProxy {
     fn drop(&mut self) {
         self.serve.abort();
+        self.serve_pooled.abort();
     }
 }

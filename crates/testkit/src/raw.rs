@@ -85,13 +85,30 @@ impl RawConn {
         user: &str,
         password: &str,
     ) -> anyhow::Result<RawConn> {
+        Ok(Self::login_with(addr, tls, db, user, password, &[]).await?.0)
+    }
+
+    /// Logs in with extra startup parameters; also returns the ParameterStatus values.
+    pub async fn login_with(
+        addr: SocketAddr,
+        tls: rustls::ClientConfig,
+        db: &str,
+        user: &str,
+        password: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(RawConn, Vec<(String, String)>)> {
+        let mut statuses = Vec::new();
         let stream = tls_connect(addr, tls).await?;
         let (rd, mut writer) = tokio::io::split(stream);
         let mut reader = FrameReader { rd, buf: BytesMut::new() };
         let mut out = BytesMut::new();
         StartupPacket::Startup(StartupMessage {
             version: ProtocolVersion::V3_0,
-            params: vec![("user".into(), user.into()), ("database".into(), db.into())],
+            params: [("user", user), ("database", db)]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
         .encode(&mut out);
         writer.write_all(&out).await?;
@@ -120,7 +137,10 @@ impl RawConn {
                 BackendMessage::Authentication(Authentication::Ok) => {}
                 BackendMessage::BackendKeyData { pid: p, secret: s } => (pid, secret) = (p, s),
                 BackendMessage::ErrorResponse(e) => bail!("login failed: {e}"),
-                BackendMessage::ReadyForQuery(_) => return Ok(RawConn { reader, writer, pid, secret }),
+                BackendMessage::ParameterStatus { name, value } => statuses.push((name, value)),
+                BackendMessage::ReadyForQuery(_) => {
+                    return Ok((RawConn { reader, writer, pid, secret }, statuses));
+                }
                 _ => {}
             }
             if !out.is_empty() {

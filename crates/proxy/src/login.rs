@@ -1,0 +1,135 @@
+//! Everything before a session is relayed, shared by the direct and the pooled listener:
+//! encryption and startup negotiation, SCRAM authentication, routing, and the per-database
+//! connection limit. Cancel requests and refused connections end here too.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use wire::scram::ChannelBinding;
+use wire::{SqlState, StartupMessage};
+
+use crate::auth::{Authenticated, authenticate};
+use crate::cancel;
+use crate::error::{ErrorKind, SessionError};
+use crate::handshake::{Negotiated, check_version, negotiate, send_error};
+use crate::limits::CountGuard;
+use crate::routes::Database;
+use crate::server::Shared;
+use crate::stream::ClientStream;
+
+/// An authenticated client with its route, counted against the database's limit.
+pub(crate) struct LoggedIn<S: AsyncRead + AsyncWrite + Unpin> {
+    pub client: ClientStream<S>,
+    pub startup: StartupMessage,
+    pub db: Arc<Database>,
+    /// The role: the user name from the startup packet.
+    pub user: String,
+    pub keys: Authenticated,
+    pub count: CountGuard,
+}
+
+/// Answers a connection over the proxy-wide limit: TLS and startup as usual, then
+/// `53300`. Cancel requests are still honoured, as PostgreSQL does.
+pub(crate) async fn refuse<S>(shared: Arc<Shared>, raw: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let negotiated = tokio::time::timeout(
+        shared.settings.auth_timeout,
+        negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls),
+    )
+    .await;
+    match negotiated {
+        Ok(Ok(Negotiated::Startup { mut stream, .. })) => {
+            let e = SessionError::fatal(
+                ErrorKind::Limit,
+                SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            );
+            let e = send_error(&mut stream, e).await;
+            log_end(&peer, &e);
+        }
+        Ok(Ok(Negotiated::Cancel(req))) => handle_cancel(&shared, req).await,
+        Ok(Err(e)) => log_end(&peer, &e),
+        Err(_) => tracing::info!(%peer, "closing refused connection: authentication timeout"),
+    }
+}
+
+pub(crate) fn log_end(peer: &str, e: &SessionError) {
+    match e.kind {
+        ErrorKind::Disconnect => {
+            tracing::debug!(%peer, detail = %e.detail, "connection closed during startup")
+        }
+        kind => tracing::info!(%peer, kind = kind.as_str(), detail = %e.detail, "connection refused"),
+    }
+}
+
+pub(crate) async fn login<S>(shared: &Arc<Shared>, raw: S) -> Result<Option<LoggedIn<S>>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client, startup) = match negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls).await?
+    {
+        Negotiated::Cancel(req) => {
+            handle_cancel(shared, req).await;
+            return Ok(None);
+        }
+        Negotiated::Startup { stream, startup } => (stream, startup),
+    };
+    match check_version(&startup) {
+        Err(e) => return Err(send_error(&mut client, e).await),
+        Ok(Some(negotiate_msg)) => {
+            let mut out = BytesMut::new();
+            negotiate_msg.encode(&mut out);
+            client.write_all(&out).await?;
+        }
+        Ok(None) => {}
+    }
+    let Some(user) = startup.user().map(str::to_owned) else {
+        let e = SessionError::fatal(
+            ErrorKind::Protocol,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            "no PostgreSQL user name specified in startup packet",
+        );
+        return Err(send_error(&mut client, e).await);
+    };
+    let db_name = startup.database().unwrap_or_default().to_owned();
+    let routes = shared.routes.load_full();
+    let db = routes.get(&db_name).cloned();
+    let verifiers = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
+    let binding = match (&shared.tls, client.is_tls()) {
+        (Some(tls), true) => tls.channel_binding.clone(),
+        _ => ChannelBinding::None,
+    };
+    let keys = match authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
+        Ok(k) => k,
+        Err(e) => return Err(send_error(&mut client, e).await),
+    };
+    let db = db.expect("authentication succeeds only for a known database");
+    let Some(count) = shared.counts.try_acquire(&db.name, db.limits.max_client_connections) else {
+        let e = SessionError::fatal(
+            ErrorKind::Limit,
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!(
+                "too many connections for database \"{}\" (max_client_connections = {})",
+                db.name,
+                db.limits.max_client_connections.unwrap_or_default()
+            ),
+        );
+        return Err(send_error(&mut client, e).await);
+    };
+    Ok(Some(LoggedIn { client, startup, db, user, keys, count }))
+}
+
+pub(crate) async fn handle_cancel(shared: &Arc<Shared>, req: wire::CancelRequest) {
+    // PostgreSQL answers a CancelRequest with nothing, whether or not the key matched.
+    let Some(target) = shared.cancels.lookup(&req) else {
+        tracing::info!(pid = req.pid, "cancel request with an unknown key ignored");
+        return;
+    };
+    match cancel::forward(&target, shared.settings.connect_timeout).await {
+        Ok(()) => tracing::info!(pid = req.pid, "cancel request forwarded"),
+        Err(e) => tracing::warn!(pid = req.pid, error = %e, "cancel request could not be forwarded"),
+    }
+}

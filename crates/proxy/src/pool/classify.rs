@@ -1,0 +1,263 @@
+//! What a statement does to session state that outlives a transaction, decided with the real
+//! PostgreSQL grammar (`pg_query`) and cached by statement text. Transaction pooling needs to
+//! know two things: which settings to replay on another server (`SET`, `RESET`, `DISCARD`),
+//! and what ties a client to its server (`LISTEN`, session advisory locks, temporary tables,
+//! `WITH HOLD` cursors, SQL-level `PREPARE`, `set_config`). Statements that mention none of
+//! the words involved are never parsed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pg_query::NodeEnum;
+use pg_query::protobuf::{DiscardMode, VariableSetKind};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A session-level setting; `sql` sets it again on another server.
+    Set {
+        name: String,
+        sql: String,
+    },
+    Reset {
+        name: String,
+    },
+    ResetAll,
+    /// `DISCARD ALL`: settings, prepared statements, temp tables, cursors, listeners, locks.
+    DiscardAll,
+    DiscardTemp,
+    Listen(String),
+    Unlisten(String),
+    UnlistenAll,
+    AdvisoryLock,
+    AdvisoryUnlockAll,
+    TempObject,
+    HoldCursor(String),
+    CloseCursor(String),
+    CloseAllCursors,
+    SqlPrepare(String),
+    SqlDeallocate(String),
+    SqlDeallocateAll,
+    /// `set_config(name, value, false)` and other changes the proxy cannot replay.
+    Untracked,
+}
+
+/// Effects of one query string, in statement order.
+pub type Effects = Arc<Vec<Effect>>;
+
+/// Words at least one of which appears in every statement with an effect above.
+const TRIGGERS: &[&str] =
+    &["set", "discard", "listen", "advisory", "temp", "hold", "close", "prepare", "deallocate", "set_config"];
+
+/// A case-insensitive scan for the trigger words, without allocating: it runs on every
+/// query that passes through a pooled session.
+fn may_have_effects(sql: &str) -> bool {
+    let hay = sql.as_bytes();
+    TRIGGERS.iter().any(|t| {
+        let t = t.as_bytes();
+        hay.len() >= t.len() && hay.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t))
+    })
+}
+
+/// Classifies `sql`, parsing it only when it might matter.
+pub fn classify(sql: &str) -> Vec<Effect> {
+    if !may_have_effects(sql) {
+        return Vec::new();
+    }
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        // The server will reject it too.
+        return Vec::new();
+    };
+    let mut effects = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else { continue };
+        let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
+        statement_effects(node, text, &mut effects);
+    }
+    for (func, _) in &parsed.functions {
+        let name = func.rsplit('.').next().unwrap_or(func);
+        match name {
+            "pg_advisory_lock"
+            | "pg_advisory_lock_shared"
+            | "pg_try_advisory_lock"
+            | "pg_try_advisory_lock_shared" => effects.push(Effect::AdvisoryLock),
+            "pg_advisory_unlock_all" => effects.push(Effect::AdvisoryUnlockAll),
+            "set_config" => effects.push(Effect::Untracked),
+            _ => {}
+        }
+    }
+    effects
+}
+
+fn statement_text(sql: &str, location: i32, len: i32) -> &str {
+    let start = usize::try_from(location).unwrap_or(0).min(sql.len());
+    let end = if len <= 0 { sql.len() } else { (start + len as usize).min(sql.len()) };
+    sql.get(start..end).unwrap_or(sql).trim()
+}
+
+fn is_temp(relpersistence: &str) -> bool {
+    relpersistence == "t"
+}
+
+fn statement_effects(node: &NodeEnum, text: &str, out: &mut Vec<Effect>) {
+    match node {
+        NodeEnum::VariableSetStmt(v) if !v.is_local => {
+            let name = v.name.to_ascii_lowercase();
+            match VariableSetKind::try_from(v.kind) {
+                Ok(
+                    VariableSetKind::VarSetValue
+                    | VariableSetKind::VarSetCurrent
+                    | VariableSetKind::VarSetMulti,
+                ) => out.push(Effect::Set { name, sql: text.to_owned() }),
+                Ok(VariableSetKind::VarSetDefault | VariableSetKind::VarReset) => {
+                    out.push(Effect::Reset { name })
+                }
+                Ok(VariableSetKind::VarResetAll) => out.push(Effect::ResetAll),
+                _ => {}
+            }
+        }
+        NodeEnum::DiscardStmt(d) => match DiscardMode::try_from(d.target) {
+            Ok(DiscardMode::DiscardAll) => out.push(Effect::DiscardAll),
+            Ok(DiscardMode::DiscardTemp) => out.push(Effect::DiscardTemp),
+            _ => {}
+        },
+        NodeEnum::ListenStmt(l) => out.push(Effect::Listen(l.conditionname.clone())),
+        NodeEnum::UnlistenStmt(u) if u.conditionname.is_empty() => out.push(Effect::UnlistenAll),
+        NodeEnum::UnlistenStmt(u) => out.push(Effect::Unlisten(u.conditionname.clone())),
+        NodeEnum::CreateStmt(c) if c.relation.as_ref().is_some_and(|r| is_temp(&r.relpersistence)) => {
+            out.push(Effect::TempObject)
+        }
+        NodeEnum::CreateTableAsStmt(c)
+            if c.into.as_ref().and_then(|i| i.rel.as_ref()).is_some_and(|r| is_temp(&r.relpersistence)) =>
+        {
+            out.push(Effect::TempObject)
+        }
+        NodeEnum::ViewStmt(v) if v.view.as_ref().is_some_and(|r| is_temp(&r.relpersistence)) => {
+            out.push(Effect::TempObject)
+        }
+        NodeEnum::CreateSeqStmt(s) if s.sequence.as_ref().is_some_and(|r| is_temp(&r.relpersistence)) => {
+            out.push(Effect::TempObject)
+        }
+        NodeEnum::SelectStmt(s)
+            if s.into_clause
+                .as_ref()
+                .and_then(|i| i.rel.as_ref())
+                .is_some_and(|r| is_temp(&r.relpersistence)) =>
+        {
+            out.push(Effect::TempObject)
+        }
+        // CURSOR_OPT_HOLD in parsenodes.h.
+        NodeEnum::DeclareCursorStmt(d) if d.options & 0x0020 != 0 => {
+            out.push(Effect::HoldCursor(d.portalname.clone()))
+        }
+        NodeEnum::ClosePortalStmt(c) if c.portalname.is_empty() => out.push(Effect::CloseAllCursors),
+        NodeEnum::ClosePortalStmt(c) => out.push(Effect::CloseCursor(c.portalname.clone())),
+        NodeEnum::PrepareStmt(p) => out.push(Effect::SqlPrepare(p.name.clone())),
+        NodeEnum::DeallocateStmt(d) if d.isall || d.name.is_empty() => out.push(Effect::SqlDeallocateAll),
+        NodeEnum::DeallocateStmt(d) => out.push(Effect::SqlDeallocate(d.name.clone())),
+        _ => {}
+    }
+}
+
+/// Classifications by statement text, bounded: when full it starts over, which costs a few
+/// re-parses and never a wrong answer.
+pub struct ClassifyCache {
+    shards: Vec<Mutex<HashMap<Arc<str>, Effects>>>,
+    per_shard: usize,
+}
+
+impl ClassifyCache {
+    pub fn new(capacity: usize) -> Self {
+        let shards = 16;
+        ClassifyCache {
+            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: (capacity / shards).max(1),
+        }
+    }
+
+    pub fn get(&self, sql: &str) -> Effects {
+        if !may_have_effects(sql) {
+            return Effects::default();
+        }
+        let shard = &self.shards[shard_of(sql, self.shards.len())];
+        if let Some(hit) = shard.lock().expect("classify cache poisoned").get(sql) {
+            return Arc::clone(hit);
+        }
+        let effects: Effects = Arc::new(classify(sql));
+        let mut map = shard.lock().expect("classify cache poisoned");
+        if map.len() >= self.per_shard {
+            map.clear();
+        }
+        map.insert(Arc::from(sql), Arc::clone(&effects));
+        effects
+    }
+}
+
+fn shard_of(s: &str, n: usize) -> usize {
+    // FNV-1a over at most the first 64 bytes: cheap and good enough to spread shards.
+    let mut h: u32 = 0x811c9dc5;
+    for b in s.as_bytes().iter().take(64) {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x01000193);
+    }
+    h as usize % n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings() {
+        assert_eq!(
+            classify("SET search_path TO app, public"),
+            vec![Effect::Set { name: "search_path".into(), sql: "SET search_path TO app, public".into() }]
+        );
+        assert_eq!(classify("set local statement_timeout = 5"), vec![]);
+        assert_eq!(classify("RESET search_path"), vec![Effect::Reset { name: "search_path".into() }]);
+        assert_eq!(classify("SET TimeZone = DEFAULT"), vec![Effect::Reset { name: "timezone".into() }]);
+        assert_eq!(classify("reset all"), vec![Effect::ResetAll]);
+        assert_eq!(classify("DISCARD ALL"), vec![Effect::DiscardAll]);
+        let two = classify("select 1; SET application_name = 'x'; select 2");
+        assert_eq!(
+            two,
+            vec![Effect::Set { name: "application_name".into(), sql: "SET application_name = 'x'".into() }]
+        );
+        assert!(matches!(
+            &classify("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")[..],
+            [Effect::Set { .. }]
+        ));
+    }
+
+    #[test]
+    fn pins() {
+        assert_eq!(classify("LISTEN jobs"), vec![Effect::Listen("jobs".into())]);
+        assert_eq!(classify("UNLISTEN *"), vec![Effect::UnlistenAll]);
+        assert_eq!(classify("select pg_advisory_lock(1)"), vec![Effect::AdvisoryLock]);
+        assert_eq!(classify("select pg_advisory_xact_lock(1)"), vec![]);
+        assert_eq!(classify("create temp table t(i int)"), vec![Effect::TempObject]);
+        assert_eq!(classify("create temporary table t as select 1"), vec![Effect::TempObject]);
+        assert_eq!(classify("select 1 into temp t"), vec![Effect::TempObject]);
+        assert_eq!(classify("create table t(i int)"), vec![]);
+        assert_eq!(classify("declare c cursor with hold for select 1"), vec![Effect::HoldCursor("c".into())]);
+        assert_eq!(classify("declare c cursor for select 1"), vec![]);
+        assert_eq!(classify("close all"), vec![Effect::CloseAllCursors]);
+        assert_eq!(classify("prepare p as select 1"), vec![Effect::SqlPrepare("p".into())]);
+        assert_eq!(classify("deallocate all"), vec![Effect::SqlDeallocateAll]);
+        assert_eq!(classify("select set_config('search_path', 'x', false)"), vec![Effect::Untracked]);
+    }
+
+    #[test]
+    fn ordinary_statements_have_no_effects() {
+        for sql in ["select 1", "update t set x = 1", "insert into settings values (1)", "not even sql ;;"] {
+            assert_eq!(classify(sql), vec![], "{sql}");
+        }
+    }
+
+    #[test]
+    fn cache_returns_the_same_answer() {
+        let cache = ClassifyCache::new(32);
+        for _ in 0..100 {
+            assert_eq!(*cache.get("LISTEN x"), vec![Effect::Listen("x".into())]);
+        }
+        assert!(cache.get("select 1").is_empty());
+    }
+}
