@@ -30,11 +30,23 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 
     let serving = proxy.clone();
     let serve = tokio::spawn(async move { serving.serve(listener).await });
+    let serve_pooled = match file.proxy.pooled_listen {
+        Some(addr) => {
+            let pooled = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(listen = %pooled.local_addr()?, "pooled listener");
+            let serving = proxy.clone();
+            Some(tokio::spawn(async move { serving.serve_pooled(pooled).await }))
+        }
+        None => None,
+    };
     tokio::spawn(reload_on_change(proxy.clone(), args.config.clone()));
     let signal = crate::signals::terminate().await?;
     tracing::info!(signal, "shutting down: no new connections, waiting for transactions to finish");
     proxy.shutdown();
     let _ = serve.await;
+    if let Some(p) = serve_pooled {
+        let _ = p.await;
+    }
     proxy.drained().await;
     tracing::info!("proxy stopped");
     Ok(())

@@ -137,10 +137,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pooled port. Until the proxy pools, it serves sessions exactly as the direct port
-/// does; this is the one place to switch to pooling.
+/// The pooled port: transaction pooling by default, session pooling where a project's
+/// pool_config says so.
 async fn serve_pooled(proxy: Proxy, listener: TcpListener) {
-    proxy.serve(listener).await;
+    proxy.serve_pooled(listener).await;
 }
 
 async fn start_project_instances(catalog: &Catalog, instances: &Arc<Instances>) -> anyhow::Result<()> {

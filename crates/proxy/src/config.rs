@@ -36,6 +36,8 @@ pub struct ConfigFile {
 pub struct ProxySection {
     /// Direct (session) listener.
     pub listen: SocketAddr,
+    /// Pooled listener (transaction or session pooling per database); off when absent.
+    pub pooled_listen: Option<SocketAddr>,
     pub require_tls: bool,
     /// PEM certificate chain and key. When absent, a local CA and a server certificate are
     /// generated in `tls_dir`.
@@ -55,6 +57,7 @@ impl Default for ProxySection {
     fn default() -> Self {
         ProxySection {
             listen: SocketAddr::from(([127, 0, 0, 1], 6433)),
+            pooled_listen: None,
             require_tls: true,
             tls_cert: None,
             tls_key: None,
