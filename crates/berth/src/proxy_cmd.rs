@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
-use proxy::{ConfigFile, LocalCa, Proxy, ProxySettings, RouteTable, TlsServer};
+use proxy::{ConfigFile, LocalCa, Proxy, RouteTable, TlsServer};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -22,7 +22,18 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let file = ConfigFile::load(&args.config)?;
     let routes = RouteTable::from_config(&file)?;
     let tls = load_tls(&file, &args.config)?;
-    let proxy = Proxy::new(ProxySettings::from(&file.proxy), routes, tls);
+    let proxy = Proxy::new(file.settings()?, routes, tls);
+    let config_path = args.config.clone();
+    let reloading = proxy.clone();
+    proxy.set_reload_hook(move || {
+        reload(&reloading, &config_path, "RELOAD");
+        Ok(())
+    });
+    if let Some(addr) = file.proxy.metrics_listen {
+        let metrics = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(listen = %metrics.local_addr()?, "metrics endpoint");
+        tokio::spawn(proxy::metrics::serve_http(metrics, proxy.clone()));
+    }
     let listener = TcpListener::bind(file.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", file.proxy.listen))?;

@@ -29,6 +29,16 @@ pub struct ConfigFile {
     pub proxy: ProxySection,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseSection>,
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// Who may log in to the admin console (`psql -d berth`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default)]
+    pub users: BTreeMap<String, RoleSection>,
 }
 
 #[derive(Deserialize)]
@@ -38,6 +48,8 @@ pub struct ProxySection {
     pub listen: SocketAddr,
     /// Pooled listener (transaction or session pooling per database); off when absent.
     pub pooled_listen: Option<SocketAddr>,
+    /// Prometheus metrics at `http://<addr>/metrics`; off when absent.
+    pub metrics_listen: Option<SocketAddr>,
     pub require_tls: bool,
     /// PEM certificate chain and key. When absent, a local CA and a server certificate are
     /// generated in `tls_dir`.
@@ -58,6 +70,7 @@ impl Default for ProxySection {
         ProxySection {
             listen: SocketAddr::from(([127, 0, 0, 1], 6433)),
             pooled_listen: None,
+            metrics_listen: None,
             require_tls: true,
             tls_cert: None,
             tls_key: None,
@@ -108,6 +121,26 @@ pub struct RoleSection {
 }
 
 impl ConfigFile {
+    /// The proxy's settings, admin logins included (passwords become verifiers here).
+    pub fn settings(&self) -> Result<crate::ProxySettings, ConfigError> {
+        let mut settings = crate::ProxySettings::from(&self.proxy);
+        for (name, user) in &self.admin.users {
+            let err = |m: &str| ConfigError::Database {
+                database: crate::admin::ADMIN_DATABASE.into(),
+                message: format!("admin user {name:?}: {m}"),
+            };
+            let verifier = match (&user.verifier, &user.password) {
+                (Some(v), _) => {
+                    wire::scram::ScramVerifier::parse(v).map_err(|_| err("invalid SCRAM verifier"))?
+                }
+                (None, Some(p)) => wire::scram::ScramVerifier::generate(p),
+                (None, None) => return Err(err("set password or verifier")),
+            };
+            settings.admin_users.insert(name.clone(), vec![verifier]);
+        }
+        Ok(settings)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;

@@ -115,7 +115,7 @@ where
                 end
             }
         };
-        let s2c = server_to_client(server_rd, client_wr, &activity, &mut ctl_rx, &reword);
+        let s2c = server_to_client(server_rd, client_wr, &activity, &mut ctl_rx, &reword, &shared.errors);
         let dog = watchdog(shared, &db_name, &activity, ctl_tx, &target);
         tokio::pin!(c2s, s2c, dog);
         let mut client_end = None;

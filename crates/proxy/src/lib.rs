@@ -3,14 +3,17 @@
 //! snapshot handed to it and never reads the catalog itself.
 
 mod activity;
+pub mod admin;
 mod auth;
 pub mod cancel;
+pub mod clients;
 pub mod config;
 mod direct;
 mod error;
 mod handshake;
 mod limits;
 mod login;
+pub mod metrics;
 pub mod pool;
 mod relay;
 pub mod routes;
@@ -25,7 +28,7 @@ mod upstream_tls;
 
 pub use config::{ConfigError, ConfigFile};
 pub use routes::{Database, Limits, PoolConfig, PoolMode, Role, RouteTable, SslMode, Upstream, UpstreamAddr};
-pub use server::{Proxy, ProxySettings};
+pub use server::{Proxy, ProxySettings, ReloadHook};
 pub use session::ListenerKind;
 pub use tls::{LocalCa, TlsServer};
 pub use upstream_tls::client_config as upstream_tls_config;

@@ -18,6 +18,16 @@ use crate::routes::Database;
 use crate::server::Shared;
 use crate::stream::ClientStream;
 
+/// What a login leads to.
+pub(crate) enum Login<S: AsyncRead + AsyncWrite + Unpin> {
+    Session(LoggedIn<S>),
+    /// The admin console (database `berth`).
+    Admin {
+        client: ClientStream<S>,
+        user: String,
+    },
+}
+
 /// An authenticated client with its route, counted against the database's limit.
 pub(crate) struct LoggedIn<S: AsyncRead + AsyncWrite + Unpin> {
     pub client: ClientStream<S>,
@@ -65,7 +75,7 @@ pub(crate) fn log_end(peer: &str, e: &SessionError) {
     }
 }
 
-pub(crate) async fn login<S>(shared: &Arc<Shared>, raw: S) -> Result<Option<LoggedIn<S>>, SessionError>
+pub(crate) async fn login<S>(shared: &Arc<Shared>, raw: S) -> Result<Option<Login<S>>, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -95,13 +105,20 @@ where
         return Err(send_error(&mut client, e).await);
     };
     let db_name = startup.database().unwrap_or_default().to_owned();
-    let routes = shared.routes.load_full();
-    let db = routes.get(&db_name).cloned();
-    let verifiers = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
     let binding = match (&shared.tls, client.is_tls()) {
         (Some(tls), true) => tls.channel_binding.clone(),
         _ => ChannelBinding::None,
     };
+    if db_name == crate::admin::ADMIN_DATABASE {
+        let verifiers = shared.settings.admin_users.get(&user).cloned();
+        if let Err(e) = authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
+            return Err(send_error(&mut client, e).await);
+        }
+        return Ok(Some(Login::Admin { client, user }));
+    }
+    let routes = shared.routes.load_full();
+    let db = routes.get(&db_name).cloned();
+    let verifiers = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
     let keys = match authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
         Ok(k) => k,
         Err(e) => return Err(send_error(&mut client, e).await),
@@ -119,7 +136,7 @@ where
         );
         return Err(send_error(&mut client, e).await);
     };
-    Ok(Some(LoggedIn { client, startup, db, user, keys, count }))
+    Ok(Some(Login::Session(LoggedIn { client, startup, db, user, keys, count })))
 }
 
 pub(crate) async fn handle_cancel(shared: &Arc<Shared>, req: wire::CancelRequest) {

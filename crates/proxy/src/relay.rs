@@ -153,6 +153,7 @@ pub async fn server_to_client<R, W>(
     activity: &Activity,
     ctl: &mut mpsc::Receiver<Control>,
     reword: &Reword,
+    errors: &crate::metrics::ErrorCounts,
 ) -> ServerEnd
 where
     R: AsyncRead + Unpin,
@@ -208,11 +209,14 @@ where
                     activity.ready(status);
                     pos += HEADER_LEN + len;
                 }
-                backend::ERROR_RESPONSE if activity.cancel_reason().is_some() => {
+                backend::ERROR_RESPONSE => {
+                    // Errors are small: look at each whole, to count it by class and, after
+                    // a cancel the proxy sent, to say which limit fired.
                     if !whole {
                         break;
                     }
                     let body = &buf[pos + HEADER_LEN..pos + HEADER_LEN + len];
+                    errors.count_body(body);
                     let reason = activity.cancel_reason();
                     match (ErrorResponse::decode(body), reason) {
                         (Ok(err), Some(reason)) if err.code() == Some(SqlState::QUERY_CANCELED) => {

@@ -32,6 +32,13 @@ impl RouteTable {
         self.databases.len()
     }
 
+    /// Every database, sorted by name.
+    pub fn databases(&self) -> Vec<Arc<Database>> {
+        let mut v: Vec<_> = self.databases.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     pub fn is_empty(&self) -> bool {
         self.databases.is_empty()
     }

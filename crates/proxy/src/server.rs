@@ -24,6 +24,9 @@ use crate::tls::TlsServer;
 /// why they are refused; beyond that they are dropped.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
 
+/// Called by the admin console's RELOAD.
+pub type ReloadHook = dyn Fn() -> Result<(), String> + Send + Sync;
+
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub require_tls: bool,
@@ -32,6 +35,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     pub max_message_size: usize,
     pub max_client_connections: usize,
+    /// Logins to the admin console (database `berth`): user name → valid verifiers.
+    pub admin_users: std::collections::HashMap<String, Vec<wire::scram::ScramVerifier>>,
 }
 
 impl Default for ProxySettings {
@@ -49,6 +54,7 @@ impl From<&ProxySection> for ProxySettings {
             connect_timeout: s.connect_timeout.0,
             max_message_size: s.max_message_size.0,
             max_client_connections: s.max_client_connections,
+            admin_users: Default::default(),
         }
     }
 }
@@ -63,6 +69,10 @@ pub(crate) struct Shared {
     pub fake_secret: [u8; 32],
     pub shutdown: CancellationToken,
     pub pools: crate::pool::Pools,
+    pub clients: Arc<crate::clients::ClientRegistry>,
+    pub errors: crate::metrics::ErrorCounts,
+    pub counters: crate::metrics::ProxyCounters,
+    pub reload_hook: arc_swap::ArcSwapOption<Box<ReloadHook>>,
     pub classify: crate::pool::classify::ClassifyCache,
     deadline: OnceLock<Instant>,
     connections: Arc<Semaphore>,
@@ -72,6 +82,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counts a connection refused with an error (and a failed login as such).
+    pub fn count_refusal(&self, e: &crate::error::SessionError) {
+        if let Some(r) = &e.response {
+            self.errors.count(r.get(b'C'));
+        }
+        if e.kind == crate::error::ErrorKind::Auth {
+            self.counters.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     pub fn shutdown_deadline(&self) -> Instant {
         *self.deadline.get_or_init(|| Instant::now() + self.settings.shutdown_timeout)
     }
@@ -95,6 +115,10 @@ impl Proxy {
                 fake_secret: rand::random(),
                 shutdown: CancellationToken::new(),
                 pools: crate::pool::Pools::default(),
+                clients: Arc::default(),
+                errors: Default::default(),
+                counters: Default::default(),
+                reload_hook: arc_swap::ArcSwapOption::empty(),
                 classify: crate::pool::classify::ClassifyCache::new(10_000),
                 deadline: OnceLock::new(),
                 connections,
@@ -124,6 +148,20 @@ impl Proxy {
         self.shared.counts.current(db)
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Prometheus text exposition of the proxy's metrics.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(self)
+    }
+
+    /// What the admin console's RELOAD runs.
+    pub fn set_reload_hook(&self, hook: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        self.shared.reload_hook.store(Some(Arc::new(Box::new(hook))));
+    }
+
     /// The pools, for the admin console and metrics.
     pub fn pools(&self) -> Vec<Arc<crate::pool::Pool>> {
         self.shared.pools.all()
@@ -150,6 +188,7 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        self.shared.counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         self.spawn_connection(stream, peer.to_string(), kind);
                     }
                     Err(e) => {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::login::{log_end, login};
+use crate::login::{Login, log_end, login};
 use crate::server::Shared;
 
 /// Which listener a connection came in on.
@@ -30,13 +30,21 @@ where
             return;
         }
         Ok(Err(e)) => {
+            shared.count_refusal(&e);
             log_end(&peer, &e);
             return;
         }
         Ok(Ok(None)) => return,
-        Ok(Ok(Some(li))) => li,
+        Ok(Ok(Some(Login::Admin { client, user }))) => {
+            let end = crate::admin::run(&shared, client, &user).await;
+            tracing::info!(%peer, %user, reason = %end, "admin session ended");
+            return;
+        }
+        Ok(Ok(Some(Login::Session(li)))) => li,
     };
     let (db, user) = (logged_in.db.name.clone(), logged_in.user.clone());
+    let app = logged_in.startup.param("application_name").unwrap_or_default().to_owned();
+    let client_entry = shared.clients.register(&peer, &db, &user, &app, kind);
     match kind {
         ListenerKind::Direct => {
             let session =
@@ -53,10 +61,12 @@ where
                 };
             tracing::info!(%peer, %db, %user, setup_ms = started.elapsed().as_millis() as u64, "session started");
             let end = crate::direct::run(&shared, session).await;
+            drop(client_entry);
             tracing::info!(%peer, %db, %user, reason = %end, "session ended");
         }
         ListenerKind::Pooled => {
-            let end = crate::pool::session::run(&shared, logged_in, deadline, &peer).await;
+            let end =
+                crate::pool::session::run(&shared, logged_in, deadline, &peer, &client_entry.info).await;
             tracing::info!(%peer, %db, %user, reason = %end, "pooled session ended");
         }
     }

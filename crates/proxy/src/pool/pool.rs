@@ -39,8 +39,22 @@ struct State {
     idle: Vec<ServerConn>,
     /// Servers open or being opened, idle or not.
     open: u32,
-    waiters: VecDeque<oneshot::Sender<ServerConn>>,
+    waiters: VecDeque<Waiter>,
     paused: bool,
+}
+
+struct Waiter {
+    since: Instant,
+    tx: oneshot::Sender<ServerConn>,
+}
+
+/// A server as SHOW SERVERS lists it.
+#[derive(Debug, Clone)]
+pub struct ServerEntry {
+    pub id: u64,
+    pub pid: i32,
+    pub connected_at: std::time::SystemTime,
+    pub active: bool,
 }
 
 pub struct Pool {
@@ -58,6 +72,7 @@ pub struct Pool {
     login_params: Mutex<HashMap<String, ParamList>>,
     generation: AtomicU64,
     next_id: AtomicU64,
+    servers: Mutex<std::collections::BTreeMap<u64, ServerEntry>>,
     connect_timeout: Duration,
     pub stats: PoolStats,
 }
@@ -74,6 +89,7 @@ impl Pool {
             login_params: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            servers: Mutex::new(Default::default()),
             connect_timeout,
             stats: PoolStats::default(),
         });
@@ -141,6 +157,21 @@ impl Pool {
         self.lock().paused
     }
 
+    /// How long the longest-waiting client has waited.
+    pub fn max_wait(&self) -> Duration {
+        self.lock().waiters.front().map_or(Duration::ZERO, |w| w.since.elapsed())
+    }
+
+    pub fn servers(&self) -> Vec<ServerEntry> {
+        self.servers.lock().expect("pool servers poisoned").values().cloned().collect()
+    }
+
+    fn mark(&self, id: u64, active: bool) {
+        if let Some(e) = self.servers.lock().expect("pool servers poisoned").get_mut(&id) {
+            e.active = active;
+        }
+    }
+
     /// Takes a server: an idle one, a new one, or the next one returned, until `deadline`.
     pub async fn checkout(self: &Arc<Self>, timeout: Duration) -> Result<ServerConn, CheckoutError> {
         let started = Instant::now();
@@ -176,7 +207,7 @@ impl Pool {
                     Next::Connect
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(tx);
+                    st.waiters.push_back(Waiter { since: Instant::now(), tx });
                     Next::Wait(rx)
                 }
             };
@@ -201,6 +232,7 @@ impl Pool {
             };
             let mut server = server;
             if self.usable(&mut server) {
+                self.mark(server.id, true);
                 return Ok(server);
             }
             // Dropping it frees its slot; loop to find or open another.
@@ -212,7 +244,8 @@ impl Pool {
     }
 
     async fn connect(self: &Arc<Self>) -> Result<ServerConn, SessionError> {
-        let slot = self.slot();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = self.slot(id);
         let db = self.database();
         let role = db
             .roles
@@ -227,9 +260,13 @@ impl Pool {
             *self.base_params.lock().expect("pool params poisoned") = params;
         }
         self.stats.servers_opened.fetch_add(1, Ordering::Relaxed);
+        self.servers.lock().expect("pool servers poisoned").insert(
+            id,
+            ServerEntry { id, pid: up.pid, connected_at: std::time::SystemTime::now(), active: true },
+        );
         let now = Instant::now();
         Ok(ServerConn {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             stream: up.stream,
             pid: up.pid,
             secret: up.secret,
@@ -246,11 +283,12 @@ impl Pool {
 
     /// A slot that, when its server is dropped, lowers the open count and lets a waiter
     /// open a new server in its place.
-    fn slot(self: &Arc<Self>) -> Slot {
+    fn slot(self: &Arc<Self>, id: u64) -> Slot {
         let weak = Arc::downgrade(self);
         Slot {
             release: Some(Box::new(move || {
                 if let Some(pool) = weak.upgrade() {
+                    pool.servers.lock().expect("pool servers poisoned").remove(&id);
                     let mut st = pool.lock();
                     st.open = st.open.saturating_sub(1);
                     // Dropping a waiter's sender wakes it to try again.
@@ -271,13 +309,14 @@ impl Pool {
         }
         let mut st = self.lock();
         if !st.paused {
-            while let Some(tx) = st.waiters.pop_front() {
-                match tx.send(server) {
+            while let Some(w) = st.waiters.pop_front() {
+                match w.tx.send(server) {
                     Ok(()) => return,
                     Err(back) => server = back,
                 }
             }
         }
+        self.mark(server.id, false);
         if st.paused {
             // PAUSE closes servers as they come back.
             drop(st);
@@ -286,6 +325,10 @@ impl Pool {
             return;
         }
         st.idle.push(server);
+    }
+
+    pub fn set_paused(&self) {
+        self.lock().paused = true;
     }
 
     /// PAUSE: hold new checkouts, wait until no server is in use, close idle servers.

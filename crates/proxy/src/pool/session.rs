@@ -34,6 +34,7 @@ use super::server::ServerConn;
 use super::settings::Settings;
 use super::statements::{ClientStatements, Prepared};
 use crate::cancel::{CancelGuard, CancelTarget};
+use crate::clients::{ClientInfo, ClientState};
 use crate::error::SessionError;
 use crate::handshake::send_error;
 use crate::login::LoggedIn;
@@ -55,6 +56,7 @@ pub(crate) async fn run<S>(
     li: LoggedIn<S>,
     login_deadline: tokio::time::Instant,
     peer: &str,
+    info: &Arc<ClientInfo>,
 ) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -98,6 +100,7 @@ where
         copy_in: false,
         cancel,
         shutting_down: false,
+        info: Arc::clone(info),
         _count: count,
     };
     match tokio::time::timeout_at(login_deadline, s.login(pid)).await {
@@ -217,6 +220,8 @@ struct Session<S: AsyncRead + AsyncWrite + Unpin> {
     copy_in: bool,
     cancel: CancelGuard,
     shutting_down: bool,
+    /// This client's SHOW CLIENTS entry.
+    info: Arc<ClientInfo>,
     _count: crate::limits::CountGuard,
 }
 
@@ -312,6 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             secret: server.secret,
         }));
         self.pool.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.info.set_state(ClientState::Active);
         self.attached = Some(Attached {
             server,
             queue,
@@ -328,6 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let Some(a) = self.attached.take() else { return };
         self.cancel.set(None);
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.info.set_state(ClientState::Idle);
         let clean = a.queue.is_empty()
             && a.server.rbuf.is_empty()
             && a.server.wbuf.is_empty()
@@ -354,10 +361,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 _ => {}
             }
             match event {
-                Event::NeedServer => match checkout(&self.pool).await {
-                    Ok(server) => self.attach_server(server),
-                    Err(e) => return self.fatal(e).await,
-                },
+                Event::NeedServer => {
+                    self.info.set_state(ClientState::Waiting);
+                    match checkout(&self.pool).await {
+                        Ok(server) => self.attach_server(server),
+                        Err(e) => return self.fatal(e).await,
+                    }
+                }
                 Event::Release => self.release(),
                 Event::ClientGone(reason) => return reason,
                 Event::ServerGone(reason) => {
@@ -396,6 +406,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
 
     /// Sends an error to the client (between frames only) and ends the session.
     async fn fatal(&mut self, e: ErrorResponse) -> String {
+        self.shared.errors.count(e.get(b'C'));
         if self.s_remaining == 0 {
             self.client.wbuf.extend_from_slice(&e.to_error_message());
         }
@@ -1030,6 +1041,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             if verdict == Verdict::Forward {
                 a.silent = false;
                 a.replay = None;
+                if tag == b'E' {
+                    self.shared.errors.count_body(&a.server.rbuf[HEADER_LEN..HEADER_LEN + len]);
+                }
             }
             if tag == b'Z' {
                 let status = TransactionStatus::from_byte(a.server.rbuf[HEADER_LEN])
@@ -1111,6 +1125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 self.statements.clear();
             }
         }
+        self.info.set_pinned(self.pins.is_pinned());
         match (was_pinned, self.pins.is_pinned()) {
             (false, true) => {
                 self.pool.stats.pinned.fetch_add(1, Ordering::Relaxed);
