@@ -1,7 +1,7 @@
 //! End-to-end tests of the built binary with real programs: `berth up` and `berth proxy`,
 //! driven by `psql` and `pgbench` over TLS, against real PostgreSQL instances.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,6 +100,20 @@ impl Up {
         assert!(ok, "berth connection: {err}");
         uri
     }
+}
+
+/// A psql session kept open (its stdin is the pipe returned), that has run one query.
+fn held_psql(uri: &str) -> (Child, std::process::ChildStdin) {
+    let mut held = Command::new("psql")
+        .arg(uri)
+        .args(["-X", "-At"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("psql held open");
+    let mut stdin = held.stdin.take().expect("stdin");
+    writeln!(stdin, "select 'before';").expect("write");
+    (held, stdin)
 }
 
 fn password_of(uri: &str) -> String {
@@ -208,16 +222,7 @@ fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_d
 
     // Rotation: a session open across it keeps going, the old password stops working, the
     // new string works at once.
-    let mut held = Command::new("psql")
-        .arg(&direct)
-        .args(["-X", "-At"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("psql held open");
-    let mut held_in = held.stdin.take().expect("stdin");
-    use std::io::Write;
-    writeln!(held_in, "select 'before';").expect("write");
+    let (held, mut held_in) = held_psql(&direct);
     let (ok, out, err) = up.cli(&["credentials", "rotate", "shop"]);
     assert!(ok && out.contains("rotate_credentials") && out.contains("succeeded"), "rotate: {out} {err}");
     let rotated = up.connection("shop", false);
@@ -288,6 +293,55 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+fn up_uses_an_external_catalog_given_by_url() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pg = testkit::TestPg::start().expect("catalog instance");
+    rt.block_on(async {
+        pg.superuser().await.expect("su").batch_execute("CREATE DATABASE external").await.expect("create db");
+    });
+    let data = data_dir();
+    let url = format!(
+        "postgresql://postgres@localhost/external?host={}&port={}",
+        pg.socket_dir().display(),
+        pg.port()
+    );
+    let mut child = Command::new(BERTH)
+        .args(["up", "--data"])
+        .arg(data.path())
+        .args(["--catalog-url", &url, "--api-listen", "127.0.0.1:0"])
+        .args(["--pooled-listen", "127.0.0.1:0", "--direct-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn berth up");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.starts_with("Press Ctrl-C") {
+        line.clear();
+        assert!(out.read_line(&mut line).expect("read") > 0, "berth up exited");
+    }
+    assert!(!data.path().join("catalog").exists(), "a local catalog was made despite --catalog-url");
+    let cli = |args: &[&str]| {
+        let out = Command::new(BERTH).args(args).arg("--data").arg(data.path()).output().expect("cli");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    assert!(cli(&["projects", "create", "ext"]).0);
+    let (ok, uri) = cli(&["connection", "ext"]);
+    assert!(ok);
+    let (ok, out, err) = psql(&uri, "select current_database()");
+    assert!(ok && out == "ext", "{out} {err}");
+    // The project lives in the external catalog.
+    let names: Vec<String> = rt.block_on(async {
+        let db = pg.connect_as("postgres", "external").await.expect("connect");
+        db.query("SELECT name FROM projects", &[]).await.expect("query").iter().map(|r| r.get(0)).collect()
+    });
+    assert_eq!(names, ["ext"]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
 fn proxy_command_reloads_routes_on_change_and_sighup_without_dropping_sessions() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (pg_a, pg_b) = rt.block_on(async {
@@ -319,16 +373,7 @@ fn proxy_command_reloads_routes_on_change_and_sighup_without_dropping_sessions()
     wait_for("the proxy to serve alpha", || psql(&url("alpha", "pw-a"), "select 1").1 == "1");
 
     // A session that stays open across both reloads.
-    let mut held = Command::new("psql")
-        .arg(url("alpha", "pw-a"))
-        .args(["-X", "-At"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("psql held open");
-    let mut held_in = held.stdin.take().expect("stdin");
-    use std::io::Write;
-    writeln!(held_in, "select 'before';").expect("write");
+    let (held, mut held_in) = held_psql(&url("alpha", "pw-a"));
 
     // File change: beta appears.
     write_config(&config, port, &tls, &[("alpha", &pg_a, "pw-a"), ("beta", &pg_b, "pw-b")]);

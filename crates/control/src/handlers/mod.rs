@@ -81,6 +81,27 @@ pub async fn after_failure(control: &Control, job: &Job) {
     }
 }
 
+/// The project's `main` branch.
+async fn main_branch(control: &Control, project_id: &str) -> Result<catalog::Branch, JobError> {
+    let branches = control.catalog.branches(project_id).await?;
+    branches.into_iter().find(|b| b.name == "main").ok_or_else(|| JobError::permanent("no main branch"))
+}
+
+/// A superuser session on a branch's instance, over its private socket. The session never
+/// lets the server quote a failing statement in its log: statements here carry verifiers.
+async fn superuser(control: &Control, branch_id: &str) -> Result<tokio_postgres::Client, JobError> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host_path(control.instances.socket_dir(branch_id))
+        .port(control.instances.port())
+        .user(control.instances.superuser())
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    client.batch_execute("SET log_min_error_statement = panic").await?;
+    Ok(client)
+}
+
 /// Runs blocking instance work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,

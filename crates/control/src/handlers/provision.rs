@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use catalog::{Job, ProjectRole, project_state};
 
-use super::{JobError, blocking};
+use super::{JobError, blocking, main_branch, superuser};
 use crate::Control;
 use crate::instances::TEMPLATE_DATABASE;
 use crate::names::{owner_role, quote_ident};
@@ -20,9 +20,7 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
     if project.state == project_state::DELETING {
         return Ok(());
     }
-    let branches = control.catalog.branches(project_id).await?;
-    let branch =
-        branches.iter().find(|b| b.name == "main").ok_or_else(|| JobError::permanent("no main branch"))?;
+    let branch = main_branch(control, project_id).await?;
     let roles = control.catalog.roles(project_id).await?;
 
     let instances = Arc::clone(&control.instances);
@@ -42,16 +40,7 @@ async fn set_up_database(
     database: &str,
     roles: &[ProjectRole],
 ) -> Result<(), JobError> {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host_path(control.instances.socket_dir(branch_id))
-        .port(control.instances.port())
-        .user(control.instances.superuser())
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(connection);
-    // A failing statement would otherwise be quoted, verifier included, in the server log.
-    client.batch_execute("SET log_min_error_statement = panic").await?;
+    let client = superuser(control, branch_id).await?;
 
     let exists = |name: &str| {
         let name = name.to_owned();

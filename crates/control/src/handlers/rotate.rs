@@ -8,7 +8,7 @@ use catalog::{Job, project_state};
 use rand::Rng;
 use wire::scram::ScramVerifier;
 
-use super::JobError;
+use super::{JobError, main_branch, superuser};
 use crate::Control;
 use crate::names::{owner_role, quote_ident};
 
@@ -45,22 +45,8 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
     let role = control.catalog.begin_rotation(&role.id, &sealed, &next).await?;
     let next = role.next_verifier.clone().ok_or_else(|| JobError::transient("rotation vanished"))?;
 
-    let branch = control
-        .catalog
-        .branches(project_id)
-        .await?
-        .into_iter()
-        .find(|b| b.name == "main")
-        .ok_or_else(|| JobError::permanent("no main branch"))?;
-    let (client, connection) = tokio_postgres::Config::new()
-        .host_path(control.instances.socket_dir(&branch.id))
-        .port(control.instances.port())
-        .user(control.instances.superuser())
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(connection);
-    client.batch_execute("SET log_min_error_statement = panic").await?;
+    let branch = main_branch(control, project_id).await?;
+    let client = superuser(control, &branch.id).await?;
     client
         .batch_execute(&format!(
             "ALTER ROLE {} PASSWORD '{}'",
