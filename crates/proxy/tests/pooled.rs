@@ -248,3 +248,23 @@ async fn pgbench_with_more_clients_than_servers_in_every_query_mode() {
     }
     assert!(s.server_sessions().await <= 5, "more servers than pool_size");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_active_bounds_clients_holding_or_waiting_for_servers() {
+    let s = stack(PoolConfig {
+        pool_size: 5,
+        max_active: Some(1),
+        pool_timeout: Duration::from_millis(500),
+        ..pool_of(5)
+    })
+    .await;
+    let holder = s.client().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    // Servers are free, but only one client may hold one.
+    let other = s.client().await;
+    let err = other.query_one("select 1", &[]).await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "53400");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let again = s.client().await;
+    again.query_one("select 1", &[]).await.unwrap();
+}

@@ -74,6 +74,8 @@ pub struct Pool {
     next_id: AtomicU64,
     servers: Mutex<std::collections::BTreeMap<u64, ServerEntry>>,
     connect_timeout: Duration,
+    /// `max_active`: clients that may hold or wait for a server at once.
+    active_limit: ArcSwap<Option<(u32, Arc<tokio::sync::Semaphore>)>>,
     pub stats: PoolStats,
 }
 
@@ -91,8 +93,10 @@ impl Pool {
             next_id: AtomicU64::new(1),
             servers: Mutex::new(Default::default()),
             connect_timeout,
+            active_limit: ArcSwap::from_pointee(None),
             stats: PoolStats::default(),
         });
+        pool.follow_max_active(pool.db.load().pool.max_active);
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
     }
@@ -117,7 +121,32 @@ impl Pool {
             let retired = std::mem::take(&mut self.lock().idle);
             drop(retired);
         }
+        self.follow_max_active(db.pool.max_active);
         self.db.store(Arc::clone(db));
+    }
+
+    /// A changed `max_active` takes a new semaphore; clients holding permits of the old one
+    /// keep them until they let go.
+    fn follow_max_active(&self, max: Option<u32>) {
+        let current = self.active_limit.load();
+        if current.as_ref().as_ref().map(|(n, _)| *n) == max {
+            return;
+        }
+        self.active_limit
+            .store(Arc::new(max.map(|n| (n, Arc::new(tokio::sync::Semaphore::new(n as usize))))));
+    }
+
+    /// Waits (until `deadline`) for room under `max_active`; `None` when unbounded.
+    pub async fn active_permit(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, CheckoutError> {
+        let limit = self.active_limit.load_full();
+        let Some((_, sem)) = limit.as_ref() else { return Ok(None) };
+        match tokio::time::timeout(timeout, Arc::clone(sem).acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(CheckoutError::Timeout(timeout)),
+        }
     }
 
     pub fn base_params(&self) -> Vec<(String, String)> {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::io::poll_read_buf;
 use wire::backend::{BackendMessage, TransactionStatus};
 use wire::frame::{HEADER_LEN, peek_header};
@@ -180,6 +181,8 @@ struct Attached {
     timed_out: bool,
     /// Whether the client was inside a transaction when this server was attached.
     attached_in_transaction: bool,
+    /// Room under `max_active`, held while the server is.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 enum Event {
@@ -227,9 +230,13 @@ struct Session<S: AsyncRead + AsyncWrite + Unpin> {
 
 /// A free function rather than a method: a `&Session` held across the wait would make the
 /// session future need `Sync`.
-async fn checkout(pool: &Arc<Pool>) -> Result<ServerConn, ErrorResponse> {
+async fn checkout(pool: &Arc<Pool>) -> Result<(ServerConn, Option<OwnedSemaphorePermit>), ErrorResponse> {
     let timeout = pool.config().pool_timeout;
-    pool.checkout(timeout).await.map_err(|e| pool_error(pool, e))
+    let started = Instant::now();
+    let permit = pool.active_permit(timeout).await.map_err(|e| pool_error(pool, e))?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let server = pool.checkout(left).await.map_err(|e| pool_error(pool, e))?;
+    Ok((server, permit))
 }
 
 fn pool_error(pool: &Pool, e: CheckoutError) -> ErrorResponse {
@@ -271,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let params = match cached {
             Some(p) if self.mode == PoolMode::Transaction => p,
             _ => {
-                let mut server = checkout(&self.pool).await?;
+                let (mut server, permit) = checkout(&self.pool).await?;
                 let reported = match sync_settings(&mut server, &self.settings).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -285,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 };
                 let params = Arc::new(merge_params(&self.pool.base_params(), &reported));
                 self.pool.remember_login_params(key, Arc::clone(&params));
-                self.attach_server(server);
+                self.attach_server((server, permit));
                 if self.mode == PoolMode::Transaction {
                     self.release();
                 }
@@ -304,7 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
 
     /// Makes `server` this client's: its settings become the client's (replayed as one
     /// injected query whose answers are dropped), and cancels go to it.
-    fn attach_server(&mut self, mut server: ServerConn) {
+    fn attach_server(&mut self, (mut server, permit): (ServerConn, Option<OwnedSemaphorePermit>)) {
         let mut queue = ExpectQueue::default();
         if let Some(sql) = self.settings.sync_sql(&server.settings) {
             wire::frontend::FrontendMessage::Query { query: sql }.encode(&mut server.wbuf);
@@ -326,6 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             replay: Some(BytesMut::new()),
             timed_out: false,
             attached_in_transaction: self.status != TransactionStatus::Idle,
+            _permit: permit,
         });
     }
 
