@@ -268,3 +268,44 @@ async fn max_active_bounds_clients_holding_or_waiting_for_servers() {
     let again = s.client().await;
     again.query_one("select 1", &[]).await.unwrap();
 }
+
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_servers_are_kept_and_idle_ones_retired() {
+    let s = stack(PoolConfig {
+        pool_size: 4,
+        min_pool_size: 2,
+        server_idle_timeout: Duration::from_millis(300),
+        ..pool_of(4)
+    })
+    .await;
+    // A pool exists once a client used it; it then keeps min_pool_size servers warm.
+    let clients: Vec<_> = futures_util::future::join_all((0..4).map(|_| s.client())).await;
+    let holds: Vec<_> =
+        futures_util::future::join_all(clients.iter().map(|c| c.batch_execute("BEGIN"))).await;
+    assert!(holds.iter().all(|r| r.is_ok()));
+    assert_eq!(s.server_sessions().await, 4);
+    for c in &clients {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    // Idle servers above min_pool_size go after server_idle_timeout; two stay.
+    eventually("idle servers to be retired", async || s.server_sessions().await == 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(s.server_sessions().await, 2, "min_pool_size servers are kept");
+    // A broken warm server is replaced: kill one backend behind the proxy's back.
+    let su = s.pg.superuser().await.unwrap();
+    su.batch_execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app' limit 1")
+        .await
+        .unwrap();
+    for c in &clients {
+        c.query_one("select 1", &[]).await.expect("no client sees the dead server");
+    }
+    eventually("the pool to be back at min_pool_size", async || s.server_sessions().await == 2).await;
+}
