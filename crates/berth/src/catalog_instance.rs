@@ -20,7 +20,7 @@ pub async fn start(bins: &PgBinaries, data: &Path) -> anyhow::Result<(Instance, 
         tracing::info!(root = %root.display(), "initialising the catalog instance");
         tokio::task::block_in_place(|| Instance::init(bins, &root, &InitOptions::default()))?
     };
-    tokio::task::block_in_place(|| instance.start())?;
+    tokio::task::block_in_place(|| control::instances::start_fresh(&mut instance))?;
     create_database(&instance).await?;
     let catalog =
         Catalog::connect_socket(instance.socket_dir(), instance.port(), instance.superuser(), DATABASE)

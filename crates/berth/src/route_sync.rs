@@ -27,12 +27,11 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
         }
         let mut roles = HashMap::new();
         for r in e.roles {
-            match ScramVerifier::parse(&r.verifier) {
-                Ok(v) => {
-                    roles.insert(
-                        r.name.clone(),
-                        Role { name: r.name, verifiers: vec![v], upstream_password: None },
-                    );
+            // During a rotation both verifiers are valid.
+            let texts = std::iter::once(&r.verifier).chain(r.next_verifier.as_ref());
+            match texts.map(|t| ScramVerifier::parse(t)).collect::<Result<Vec<_>, _>>() {
+                Ok(verifiers) => {
+                    roles.insert(r.name.clone(), Role { name: r.name, verifiers, upstream_password: None });
                 }
                 Err(_) => {
                     tracing::error!(project_id = %e.project_id, role = %r.name, "stored verifier is invalid")
@@ -149,5 +148,73 @@ pub async fn run(catalog: Catalog, instances: Arc<Instances>, proxy: Proxy, shut
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use catalog::{ProjectLimits, RouteRole};
+    use node::{InitOptions, PgBinaries};
+
+    use super::*;
+
+    fn entry(project: &str, database: &str, limits: ProjectLimits, pool: serde_json::Value) -> RouteEntry {
+        let verifier = |pw: &str| ScramVerifier::generate(pw).to_pg_authid();
+        RouteEntry {
+            project_id: project.into(),
+            organization_id: "org_1".into(),
+            database: database.into(),
+            branch_id: format!("br_{project}"),
+            limits,
+            pool_config: pool,
+            roles: vec![RouteRole {
+                name: format!("{database}_owner"),
+                verifier: verifier("old"),
+                next_verifier: Some(verifier("new")),
+            }],
+        }
+    }
+
+    #[test]
+    fn catalog_entries_become_routes_with_limits_pools_and_both_verifiers() {
+        // Nothing runs here: a directory that looks like a bindir is enough.
+        let bindir = tempfile::tempdir().expect("tempdir");
+        for program in ["initdb", "postgres"] {
+            std::fs::write(bindir.path().join(program), "").expect("write");
+        }
+        let bins = PgBinaries::from_dir(bindir.path()).expect("bindir");
+        let instances = Instances::new(bins, std::path::Path::new("/data"), InitOptions::default());
+        let limits = ProjectLimits {
+            max_direct_connections: Some(5),
+            max_pooled_connections: Some(9),
+            query_timeout_ms: Some(1500),
+            idle_in_transaction_timeout_ms: Some(60_000),
+            ..ProjectLimits::default()
+        };
+        let pool = serde_json::json!({"pool_size": 4, "pool_mode": "session"});
+        let table = route_table(
+            vec![
+                entry("p1", "shop", limits, pool),
+                entry("p2", "shop", ProjectLimits::default(), serde_json::json!({})),
+                entry("p3", "blog", ProjectLimits::default(), serde_json::json!({})),
+            ],
+            &instances,
+        );
+        assert_eq!(table.len(), 2, "a second project of the same name is not routed");
+        let shop = table.get("shop").expect("shop");
+        assert_eq!(shop.upstream.addr, UpstreamAddr::Unix { dir: instances.socket_dir("br_p1"), port: 5432 });
+        assert_eq!(shop.upstream.dbname, "shop");
+        assert_eq!(shop.limits.max_client_connections, Some(5));
+        assert_eq!(shop.limits.query_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(shop.limits.idle_in_transaction_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(shop.limits.transaction_timeout, None);
+        assert_eq!(
+            (shop.pool.pool_size, shop.pool.pool_mode, shop.pool.max_active),
+            (4, PoolMode::Session, Some(9))
+        );
+        assert_eq!(shop.pool.pool_timeout, PoolConfig::default().pool_timeout);
+        assert_eq!(shop.roles["shop_owner"].verifiers.len(), 2, "a rotation publishes both verifiers");
+        let blog = table.get("blog").expect("blog");
+        assert_eq!(blog.pool, PoolConfig { max_active: None, ..PoolConfig::default() });
     }
 }

@@ -116,6 +116,27 @@ fn held_psql(uri: &str) -> (Child, std::process::ChildStdin) {
     (held, stdin)
 }
 
+/// One request to the API of the `berth up` using `data` (plain HTTP/1.1 over a socket).
+fn api(data: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let url = std::fs::read_to_string(data.join("api.url")).expect("api.url");
+    let key = std::fs::read_to_string(data.join("admin.key")).expect("admin.key");
+    let addr = url.trim().trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the API");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        key.trim(),
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
 fn password_of(uri: &str) -> String {
     let after_scheme = &uri["postgresql://".len()..];
     let creds = &after_scheme[..after_scheme.find('@').expect("@ in uri")];
@@ -243,6 +264,21 @@ fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_d
         "the open session was dropped"
     );
     let direct = rotated;
+
+    // Limits changed through the API apply to the running proxy without a restart.
+    let (status, body) =
+        api(data.path(), "PATCH", "/v1/projects/shop", r#"{"limits":{"max_direct_connections":1}}"#);
+    assert_eq!(status, 200, "{body}");
+    let (held, held_in) = held_psql(&direct);
+    wait_for("the connection limit to apply", || {
+        let (ok, _, err) = psql(&direct, "select 1");
+        !ok && err.contains("too many connections")
+    });
+    drop(held_in);
+    held.wait_with_output().expect("held psql");
+    let (status, _) =
+        api(data.path(), "PATCH", "/v1/projects/shop", r#"{"limits":{"max_direct_connections":null}}"#);
+    assert_eq!(status, 200);
 
     // A killed instance is restarted by the supervisor; meanwhile clients get 57P03.
     let pidfile = std::fs::read_dir(data.path().join("instances"))

@@ -119,7 +119,7 @@ impl Instances {
             return Ok(());
         }
         let mut instance = Instance::open(&self.bins, &self.root(branch_id))?;
-        instance.start()?;
+        start_fresh(&mut instance)?;
         self.adopt(branch_id, instance);
         Ok(())
     }
@@ -230,6 +230,19 @@ impl Instances {
                 tracing::error!("instance supervision pass panicked");
             }
         }
+    }
+}
+
+/// Starts an instance; a postmaster left running by an earlier Berth process that died is
+/// stopped first (fast shutdown), so this process owns and supervises the new one.
+pub fn start_fresh(instance: &mut Instance) -> Result<(), NodeError> {
+    match instance.start() {
+        Err(NodeError::AlreadyRunning { pid, .. }) => {
+            tracing::warn!(pid, root = %instance.root().display(), "stopping a postmaster left by an earlier run");
+            instance.stop()?;
+            instance.start()
+        }
+        other => other,
     }
 }
 
