@@ -40,6 +40,8 @@ fn berth_up(data: &Path, ports: Ports) -> Up {
         .args(["--direct-listen", &format!("127.0.0.1:{}", ports.direct)])
         .env_remove("BERTH_API_URL")
         .env_remove("BERTH_API_KEY")
+        // The most verbose logs, so the secret checks below see everything Berth could say.
+        .env("BERTH_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
