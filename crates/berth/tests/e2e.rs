@@ -104,18 +104,41 @@ impl Up {
     }
 }
 
-/// A psql session kept open (its stdin is the pipe returned), that has run one query.
-fn held_psql(uri: &str) -> (Child, std::process::ChildStdin) {
-    let mut held = Command::new("psql")
+/// A psql session kept open, connected (it has answered a first query) before this returns.
+struct Held {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+fn held_psql(uri: &str) -> Held {
+    let mut child = Command::new("psql")
         .arg(uri)
         .args(["-X", "-At"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("psql held open");
-    let mut stdin = held.stdin.take().expect("stdin");
-    writeln!(stdin, "select 'before';").expect("write");
-    (held, stdin)
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut held = Held { child, stdin, stdout };
+    assert_eq!(held.query("select 'before'"), "before", "the held session did not connect");
+    held
+}
+
+impl Held {
+    /// Runs one single-row query and returns its line ("" if the session is gone).
+    fn query(&mut self, sql: &str) -> String {
+        writeln!(self.stdin, "{sql};").expect("write");
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        line.trim().to_owned()
+    }
+
+    fn close(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
 }
 
 /// One request to the API of the `berth up` using `data` (plain HTTP/1.1 over a socket).
@@ -245,7 +268,7 @@ fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_d
 
     // Rotation: a session open across it keeps going, the old password stops working, the
     // new string works at once.
-    let (held, mut held_in) = held_psql(&direct);
+    let mut held = held_psql(&direct);
     let (ok, out, err) = up.cli(&["credentials", "rotate", "shop"]);
     assert!(ok && out.contains("rotate_credentials") && out.contains("succeeded"), "rotate: {out} {err}");
     let rotated = up.connection("shop", false);
@@ -257,27 +280,32 @@ fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_d
     });
     let (ok, out, err) = psql(&rotated, "select x from t");
     assert!(ok && out == "42", "new password: {out} {err}");
-    writeln!(held_in, "select 'after';").expect("write");
-    drop(held_in);
-    let held_out = held.wait_with_output().expect("held psql");
-    assert_eq!(
-        String::from_utf8_lossy(&held_out.stdout).trim(),
-        "before\nafter",
-        "the open session was dropped"
-    );
+    assert_eq!(held.query("select 'after'"), "after", "the open session was dropped");
+    held.close();
     let direct = rotated;
 
     // Limits changed through the API apply to the running proxy without a restart.
     let (status, body) =
         api(data.path(), "PATCH", "/v1/projects/shop", r#"{"limits":{"max_direct_connections":1}}"#);
     assert_eq!(status, 200, "{body}");
-    let (held, held_in) = held_psql(&direct);
-    wait_for("the connection limit to apply", || {
-        let (ok, _, err) = psql(&direct, "select 1");
-        !ok && err.contains("too many connections")
-    });
-    drop(held_in);
-    held.wait_with_output().expect("held psql");
+    let held = held_psql(&direct);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, last) = psql(&direct, "select 1");
+        if !ok && last.contains("too many connections") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs = up.stop();
+            let routes: Vec<&str> = logs.lines().filter(|l| l.contains("route")).collect();
+            panic!(
+                "the connection limit did not apply; last psql error: {last:?}; route log:\n{}",
+                routes.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    held.close();
     let (status, _) =
         api(data.path(), "PATCH", "/v1/projects/shop", r#"{"limits":{"max_direct_connections":null}}"#);
     assert_eq!(status, 200);
@@ -293,6 +321,15 @@ fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_d
         std::fs::read_to_string(&pidfile).expect("pid").lines().next().expect("line").parse().expect("pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
     wait_for("the instance to come back", || psql(&direct, "select 7").1 == "7");
+    // So is the catalog: the API answers again once it is back.
+    let catalog_pid =
+        std::fs::read_to_string(data.path().join("catalog").join("data").join("postmaster.pid"))
+            .expect("catalog pid");
+    let catalog_pid: i32 = catalog_pid.lines().next().expect("line").parse().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(catalog_pid), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    wait_for("the catalog to come back", || up.cli(&["projects", "get", "shop"]).0);
+    assert_eq!(psql(&direct, "select 8").1, "8", "the proxy kept its routes while the catalog was down");
     let (ok, _, _) = up.cli(&["projects", "delete", "shop"]);
     assert!(ok);
     let (ok, _, err) = psql(&direct, "select 1");
@@ -301,6 +338,7 @@ fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_d
     assert!(!ok && err.contains("not found"), "{err}");
     let logs = up.stop();
     assert!(logs.contains("instance died") && logs.contains("instance restarted"), "supervision not logged");
+    assert!(logs.contains("instance=catalog"), "the catalog's restart was not logged");
 }
 
 fn write_config(path: &Path, listen_port: u16, tls_dir: &Path, dbs: &[(&str, &testkit::TestPg, &str)]) {
@@ -411,7 +449,7 @@ fn proxy_command_reloads_routes_on_change_and_sighup_without_dropping_sessions()
     wait_for("the proxy to serve alpha", || psql(&url("alpha", "pw-a"), "select 1").1 == "1");
 
     // A session that stays open across both reloads.
-    let (held, mut held_in) = held_psql(&url("alpha", "pw-a"));
+    let mut held = held_psql(&url("alpha", "pw-a"));
 
     // File change: beta appears.
     write_config(&config, port, &tls, &[("alpha", &pg_a, "pw-a"), ("beta", &pg_b, "pw-b")]);
@@ -442,10 +480,8 @@ fn proxy_command_reloads_routes_on_change_and_sighup_without_dropping_sessions()
     wait_for("the new alpha password", || psql(&url("alpha", "pw-z"), "select 5").1 == "5");
     assert!(!psql(&url("alpha", "pw-a"), "select 6").0, "the old password still works");
 
-    writeln!(held_in, "select 'after';").expect("write");
-    drop(held_in);
-    let out = held.wait_with_output().expect("held psql");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "before\nafter", "the held session was dropped");
+    assert_eq!(held.query("select 'after'"), "after", "the held session was dropped");
+    held.close();
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");
