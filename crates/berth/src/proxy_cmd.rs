@@ -34,8 +34,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tracing::info!(listen = %metrics.local_addr()?, "metrics endpoint");
         tokio::spawn(proxy::metrics::serve_http(metrics, proxy.clone()));
     }
-    let listener = TcpListener::bind(file.proxy.listen)
-        .await
+    let listener = proxy::listen(file.proxy.listen)
         .with_context(|| format!("cannot listen on {}", file.proxy.listen))?;
     tracing::info!(listen = %listener.local_addr()?, databases = proxy.routes().len(), "proxy listening");
 
@@ -43,7 +42,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let serve = tokio::spawn(async move { serving.serve(listener).await });
     let serve_pooled = match file.proxy.pooled_listen {
         Some(addr) => {
-            let pooled = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let pooled = proxy::listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(listen = %pooled.local_addr()?, "pooled listener");
             let serving = proxy.clone();
             Some(tokio::spawn(async move { serving.serve_pooled(pooled).await }))

@@ -160,7 +160,7 @@ async fn start_project_instances(catalog: &Catalog, instances: &Arc<Instances>) 
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the {what}"))
+    proxy::listen(addr).with_context(|| format!("cannot listen on {addr} for the {what}"))
 }
 
 fn host_of(addr: SocketAddr) -> String {

@@ -28,7 +28,7 @@ mod upstream_tls;
 
 pub use config::{ConfigError, ConfigFile};
 pub use routes::{Database, Limits, PoolConfig, PoolMode, Role, RouteTable, SslMode, Upstream, UpstreamAddr};
-pub use server::{Proxy, ProxySettings, ReloadHook};
+pub use server::{LISTEN_BACKLOG, Proxy, ProxySettings, ReloadHook, listen};
 pub use session::ListenerKind;
 pub use tls::{LocalCa, TlsServer};
 pub use upstream_tls::client_config as upstream_tls_config;

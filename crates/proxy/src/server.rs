@@ -24,6 +24,20 @@ use crate::tls::TlsServer;
 /// why they are refused; beyond that they are dropped.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
 
+/// Listen backlog for proxy listeners. Connection storms (serverless functions, a fleet
+/// restarting) arrive faster than one accept loop takes them; a short queue overflows and the
+/// kernel leaves clients half-connected for many seconds.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener for the proxy with a deep accept queue.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Called by the admin console's RELOAD.
 pub type ReloadHook = dyn Fn() -> Result<(), String> + Send + Sync;
 

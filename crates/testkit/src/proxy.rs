@@ -10,7 +10,6 @@ use proxy::{LocalCa, Proxy, ProxySettings, RouteTable, SslMode};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tokio::net::TcpListener;
 use wire::scram::ScramVerifier;
 
 use crate::TestPg;
@@ -73,11 +72,11 @@ impl TestProxy {
     pub async fn start(routes: RouteTable, settings: ProxySettings) -> anyhow::Result<TestProxy> {
         let ca = LocalCa::generate(&["localhost".into(), "127.0.0.1".into()])?;
         let proxy = Proxy::new(settings, routes, Some(ca.server()?));
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = proxy::listen("127.0.0.1:0".parse()?)?;
         let addr = listener.local_addr()?;
         let serving = proxy.clone();
         let serve = tokio::spawn(async move { serving.serve(listener).await });
-        let pooled = TcpListener::bind("127.0.0.1:0").await?;
+        let pooled = proxy::listen("127.0.0.1:0".parse()?)?;
         let pooled_addr = pooled.local_addr()?;
         let serving = proxy.clone();
         let serve_pooled = tokio::spawn(async move { serving.serve_pooled(pooled).await });

@@ -104,8 +104,12 @@ where
         info: Arc::clone(info),
         _count: count,
     };
-    match tokio::time::timeout_at(login_deadline, s.login(pid)).await {
-        Err(_) => return "authentication timeout".into(),
+    // The authentication deadline is behind us: what remains of login may wait for a server,
+    // and that wait is bounded by pool_timeout with a clear error, not by a silent close.
+    let _ = login_deadline;
+    let bound = s.pool.config().pool_timeout + shared.settings.connect_timeout + Duration::from_secs(5);
+    match tokio::time::timeout(bound, s.login(pid)).await {
+        Err(_) => return "login did not finish".into(),
         Ok(Err(e)) => {
             s.client.wbuf.extend_from_slice(&e.to_error_message());
             let _ = s.write_out().await;
@@ -235,7 +239,11 @@ async fn checkout(pool: &Arc<Pool>) -> Result<(ServerConn, Option<OwnedSemaphore
     let started = Instant::now();
     let permit = pool.active_permit(timeout).await.map_err(|e| pool_error(pool, e))?;
     let left = timeout.saturating_sub(started.elapsed());
-    let server = pool.checkout(left).await.map_err(|e| pool_error(pool, e))?;
+    let server = pool.checkout(left).await.map_err(|e| match e {
+        // Name the configured limit, not what was left of it.
+        CheckoutError::Timeout(_) => pool_error(pool, CheckoutError::Timeout(timeout)),
+        other => pool_error(pool, other),
+    })?;
     Ok((server, permit))
 }
 
@@ -1123,10 +1131,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             return;
         }
         let was_pinned = self.pins.is_pinned();
+        let in_transaction = self.status != TransactionStatus::Idle;
         let a = self.attached.as_mut().expect("effects come from the attached server");
         for e in effects {
             self.settings.apply(e);
             a.server.settings.apply(e);
+            // Inside a transaction a ROLLBACK may undo it: the server's record cannot be
+            // trusted until a RESET ALL.
+            if in_transaction && matches!(e, Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll) {
+                a.server.settings.mark_unknown();
+            }
             self.pins.apply(e);
             if *e == Effect::DiscardAll {
                 a.server.prepared.clear();

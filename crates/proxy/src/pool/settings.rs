@@ -11,6 +11,9 @@ use super::classify::Effect;
 pub struct Settings {
     /// Setting name (lower case) → statement that sets it.
     by_name: BTreeMap<String, String>,
+    /// What a server really has is not known (a SET ran inside a transaction that may have
+    /// rolled back): the next sync starts from RESET ALL.
+    unknown: bool,
 }
 
 /// Startup parameters that are not session settings.
@@ -66,6 +69,12 @@ impl Settings {
 
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.unknown = false;
+    }
+
+    /// For a server's record: a change ran inside a transaction whose outcome decides it.
+    pub fn mark_unknown(&mut self) {
+        self.unknown = true;
     }
 
     /// Records what a statement that succeeded did to the settings.
@@ -79,7 +88,7 @@ impl Settings {
             Effect::Reset { name } => {
                 self.by_name.remove(name);
             }
-            Effect::ResetAll | Effect::DiscardAll => self.by_name.clear(),
+            Effect::ResetAll | Effect::DiscardAll => self.clear(),
             _ => {}
         }
     }
@@ -87,6 +96,11 @@ impl Settings {
     /// Statements that turn a server whose settings are `server` into one with `self`'s, or
     /// `None` when they already agree.
     pub fn sync_sql(&self, server: &Settings) -> Option<String> {
+        if server.unknown {
+            let mut stmts = vec!["RESET ALL".to_owned()];
+            stmts.extend(self.by_name.values().cloned());
+            return Some(stmts.join("; "));
+        }
         let mut stmts: Vec<String> = Vec::new();
         for (name, _) in server.by_name.iter().filter(|(n, _)| !self.by_name.contains_key(*n)) {
             stmts.push(reset_sql(name));
@@ -158,6 +172,16 @@ mod tests {
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn unknown_server_settings_start_from_reset_all() {
+        let mut client = Settings::default();
+        client.apply(&Effect::Set { name: "search_path".into(), sql: "SET search_path TO a".into() });
+        let mut server = client.clone();
+        assert_eq!(client.sync_sql(&server), None);
+        server.mark_unknown();
+        assert_eq!(client.sync_sql(&server).unwrap(), "RESET ALL; SET search_path TO a");
     }
 
     #[test]
