@@ -394,11 +394,13 @@ impl Pool {
             let mut kept = Vec::with_capacity(st.idle.len());
             // Newest first, so the warm ones stay.
             let idle = std::mem::take(&mut st.idle);
-            for s in idle.into_iter().rev() {
+            for mut s in idle.into_iter().rev() {
                 let too_old = now.duration_since(s.created) >= cfg.server_lifetime;
                 let too_idle =
                     now.duration_since(s.last_used) >= cfg.server_idle_timeout && kept.len() >= keep;
-                if too_old || too_idle {
+                // A server that died while idle would otherwise count against the pool (and keep
+                // min_pool_size from being refilled) until someone checked it out.
+                if too_old || too_idle || !s.is_healthy() {
                     retired.push(s);
                 } else {
                     kept.push(s);
