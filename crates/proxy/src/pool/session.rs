@@ -668,13 +668,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 return Some(Event::ClientGone("client terminated".into()));
             }
             if self.skip_client_until_sync && tag != b'S' {
-                if whole {
-                    self.client.rbuf.advance(HEADER_LEN + len);
-                } else {
-                    self.client.rbuf.advance(HEADER_LEN);
-                    self.c_remaining = len;
-                    self.c_discard = true;
-                }
+                self.discard_client_frame(len, whole);
                 continue;
             }
             if !matches!(tag, b'P' | b'C' | b'S' | b'H') {
@@ -726,6 +720,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         }
     }
 
+    /// Drops a client frame (after an error the proxy reported itself), streaming away a
+    /// body that has not fully arrived.
+    fn discard_client_frame(&mut self, len: usize, whole: bool) {
+        if whole {
+            self.client.rbuf.advance(HEADER_LEN + len);
+        } else {
+            self.client.rbuf.advance(HEADER_LEN);
+            self.c_remaining = len;
+            self.c_discard = true;
+        }
+    }
+
     fn should_release(&self) -> bool {
         let Some(a) = &self.attached else { return false };
         self.mode == PoolMode::Transaction
@@ -772,13 +778,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 return Some(Event::ClientGone("client terminated".into()));
             }
             if self.skip_client_until_sync && tag != b'S' {
-                if whole {
-                    self.client.rbuf.advance(HEADER_LEN + len);
-                } else {
-                    self.client.rbuf.advance(HEADER_LEN);
-                    self.c_remaining = len;
-                    self.c_discard = true;
-                }
+                self.discard_client_frame(len, whole);
                 continue;
             }
             let was_idle = a.queue.is_empty();
@@ -1070,9 +1070,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                     self.on_ready(status);
                 }
             }
-            let query_timeout = self.limits().query_timeout;
+            // Only after a query timeout: the route lookup stays off the per-message path.
+            let timed_out = tag == b'E'
+                && verdict == Verdict::Forward
+                && self.attached.as_ref().is_some_and(|a| a.timed_out);
+            let query_timeout = if timed_out { self.limits().query_timeout } else { None };
             let a = self.attached.as_mut().expect("attached");
-            if tag == b'E' && verdict == Verdict::Forward && a.timed_out {
+            if timed_out {
                 let body = &a.server.rbuf[HEADER_LEN..HEADER_LEN + len];
                 if let Ok(mut e) = ErrorResponse::decode(body)
                     && e.code() == Some(SqlState::QUERY_CANCELED)
