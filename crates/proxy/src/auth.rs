@@ -94,7 +94,7 @@ fn scram_error(e: ScramError, user: &str, known: bool) -> SessionError {
     }
 }
 
-async fn read_password_frame<S: AsyncRead + Unpin>(
+pub(crate) async fn read_password_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<Frame, SessionError> {

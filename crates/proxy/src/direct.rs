@@ -41,13 +41,18 @@ where
 {
     let LoggedIn { mut client, startup, db, user, keys, count } = li;
     let role = db.roles.get(&user).expect("authentication succeeds only for a known role");
-    let up =
-        match crate::upstream::connect(&db, role, &startup.params, &keys, shared.settings.connect_timeout)
-            .await
-        {
-            Ok(up) => up,
-            Err(e) => return Err(send_error(&mut client, e).await),
-        };
+    let up = match crate::upstream::connect(
+        &db,
+        role,
+        &startup.params,
+        keys.as_ref(),
+        shared.settings.connect_timeout,
+    )
+    .await
+    {
+        Ok(up) => up,
+        Err(e) => return Err(send_error(&mut client, e).await),
+    };
     let target = CancelTarget { db: Arc::clone(&db), pid: up.pid, secret: up.secret };
     let cancel = shared.cancels.register(up.pid, Some(target.clone()));
     let mut out = up.startup_frames;

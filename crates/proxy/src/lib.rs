@@ -4,6 +4,7 @@
 
 mod activity;
 pub mod admin;
+pub mod apikey;
 mod auth;
 pub mod cancel;
 pub mod clients;

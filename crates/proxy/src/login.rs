@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use wire::scram::ChannelBinding;
 use wire::{SqlState, StartupMessage};
 
+use crate::apikey::{ApiKeys, KeyLogin};
 use crate::auth::{Authenticated, authenticate};
 use crate::cancel;
 use crate::error::{ErrorKind, SessionError};
@@ -35,7 +36,8 @@ pub(crate) struct LoggedIn<S: AsyncRead + AsyncWrite + Unpin> {
     pub db: Arc<Database>,
     /// The role: the user name from the startup packet.
     pub user: String,
-    pub keys: Authenticated,
+    /// SCRAM keys from the client's exchange; `None` after an API-key login.
+    pub keys: Option<Authenticated>,
     pub count: CountGuard,
 }
 
@@ -109,6 +111,22 @@ where
         (Some(tls), true) => tls.channel_binding.clone(),
         _ => ChannelBinding::None,
     };
+    if user == crate::apikey::API_KEY_USER
+        && let Some(checker) = shared.api_keys.get()
+    {
+        return match api_key_login(shared, &mut client, checker.as_ref(), &db_name).await {
+            Ok(KeyLogin::Admin) => Ok(Some(Login::Admin { client, user })),
+            Ok(KeyLogin::Session(role)) => {
+                let db = shared.routes.load().get(&db_name).cloned();
+                let db = db.ok_or_else(crate::apikey::refused);
+                match db {
+                    Ok(db) => session_login(client, startup, db, role, None, shared).await,
+                    Err(e) => Err(send_error(&mut client, e).await),
+                }
+            }
+            Err(e) => Err(send_error(&mut client, e).await),
+        };
+    }
     if db_name == crate::admin::ADMIN_DATABASE {
         let verifiers = shared.settings.admin_users.get(&user).cloned();
         if let Err(e) = authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
@@ -124,6 +142,39 @@ where
         Err(e) => return Err(send_error(&mut client, e).await),
     };
     let db = db.expect("authentication succeeds only for a known database");
+    session_login(client, startup, db, user, Some(keys), shared).await
+}
+
+async fn api_key_login<S>(
+    shared: &Arc<Shared>,
+    client: &mut ClientStream<S>,
+    checker: &dyn ApiKeys,
+    db_name: &str,
+) -> Result<KeyLogin, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let is_tls = client.is_tls();
+    let grant = crate::apikey::read_and_check(client, is_tls, checker).await?;
+    let admin = db_name == crate::admin::ADMIN_DATABASE;
+    let routes = shared.routes.load();
+    let login = crate::apikey::authorize(grant, routes.get(db_name).map(|d| &**d), admin)?;
+    crate::apikey::accept(client).await?;
+    Ok(login)
+}
+
+/// Counts an authenticated client against its database's limit.
+async fn session_login<S>(
+    mut client: ClientStream<S>,
+    startup: StartupMessage,
+    db: Arc<Database>,
+    user: String,
+    keys: Option<Authenticated>,
+    shared: &Arc<Shared>,
+) -> Result<Option<Login<S>>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Some(count) = shared.counts.try_acquire(&db.name, db.limits.max_client_connections) else {
         let e = SessionError::fatal(
             ErrorKind::Limit,

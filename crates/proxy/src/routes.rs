@@ -95,6 +95,7 @@ impl RouteTable {
                 },
                 roles,
                 pool: section.pool.clone(),
+                api_key_access: None,
                 limits: Limits {
                     max_client_connections: section.max_client_connections,
                     query_timeout: section.query_timeout.map(|s| s.0),
@@ -117,6 +118,29 @@ pub struct Database {
     pub limits: Limits,
     /// How the pooled listener shares server connections for this database.
     pub pool: PoolConfig,
+    /// Which API keys may log in (as which role); `None` for databases of the TOML file.
+    pub api_key_access: Option<crate::apikey::KeyAccess>,
+}
+
+#[cfg(test)]
+impl Database {
+    /// A database routed to nowhere in particular, for unit tests.
+    pub(crate) fn for_tests(name: &str) -> Self {
+        Database {
+            name: name.into(),
+            upstream: Upstream {
+                addr: UpstreamAddr::Tcp { host: "127.0.0.1".into(), port: 5432 },
+                dbname: name.into(),
+                ssl_mode: SslMode::Disable,
+                ssl_root_cert: None,
+                tls: None,
+            },
+            roles: HashMap::new(),
+            limits: Limits::default(),
+            pool: PoolConfig::default(),
+            api_key_access: None,
+        }
+    }
 }
 
 /// Pooling settings per database, in PgBeam's shape.

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub counters: crate::metrics::ProxyCounters,
     pub reload_hook: arc_swap::ArcSwapOption<Box<ReloadHook>>,
     pub classify: crate::pool::classify::ClassifyCache,
+    /// Checks API-key logins; without it `apikey` is an ordinary user name.
+    pub api_keys: OnceLock<Arc<dyn crate::apikey::ApiKeys>>,
     deadline: OnceLock<Instant>,
     connections: Arc<Semaphore>,
     /// Connections being refused (TLS and startup only, then 53300).
@@ -134,6 +136,7 @@ impl Proxy {
                 counters: Default::default(),
                 reload_hook: arc_swap::ArcSwapOption::empty(),
                 classify: crate::pool::classify::ClassifyCache::new(10_000),
+                api_keys: OnceLock::new(),
                 deadline: OnceLock::new(),
                 connections,
                 refusals: Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS)),
@@ -174,6 +177,13 @@ impl Proxy {
     /// What the admin console's RELOAD runs.
     pub fn set_reload_hook(&self, hook: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
         self.shared.reload_hook.store(Some(Arc::new(Box::new(hook))));
+    }
+
+    /// Enables API-key logins (the tunnel, the admin console). Set once, before serving.
+    pub fn set_api_keys(&self, keys: Arc<dyn crate::apikey::ApiKeys>) {
+        if self.shared.api_keys.set(keys).is_err() {
+            tracing::warn!("API-key checker already set; keeping the first");
+        }
     }
 
     /// The pools, for the admin console and metrics.

@@ -93,7 +93,7 @@ pub async fn connect(
     db: &Database,
     role: &Role,
     client_params: &[(String, String)],
-    keys: &Authenticated,
+    keys: Option<&Authenticated>,
     timeout: Duration,
 ) -> Result<UpstreamSession, SessionError> {
     let mut stream = open_transport(&db.upstream, timeout).await.map_err(|e| unavailable(db, e))?;
@@ -178,7 +178,7 @@ pub async fn connect(
 fn answer_auth(
     auth: Authentication,
     role: &Role,
-    keys: &Authenticated,
+    keys: Option<&Authenticated>,
     scram: &mut Option<ScramClient>,
     out: &mut BytesMut,
 ) -> Result<(), String> {
@@ -202,12 +202,18 @@ fn answer_auth(
         Authentication::Sasl { mechanisms } => {
             let client = match role.upstream_password.as_ref() {
                 Some(p) => ScramClient::new(p.expose(), ChannelBinding::None, &mechanisms),
-                None => ScramClient::with_keys(
-                    keys.client_key,
-                    keys.server_key,
-                    ChannelBinding::None,
-                    &mechanisms,
-                ),
+                None => {
+                    let keys = keys.ok_or(
+                        "the upstream asks for a SCRAM password; this login has neither a configured \
+                         password nor the client's SCRAM keys",
+                    )?;
+                    ScramClient::with_keys(
+                        keys.client_key,
+                        keys.server_key,
+                        ChannelBinding::None,
+                        &mechanisms,
+                    )
+                }
             }
             .map_err(|e| e.to_string())?;
             SaslInitialResponse {

@@ -52,6 +52,7 @@ pub fn route(name: &str, pg: &TestPg, dbname: &str, roles: &[(&str, &str)], limi
         roles,
         limits,
         pool: proxy::PoolConfig::default(),
+        api_key_access: None,
     }
 }
 

@@ -73,7 +73,9 @@ where
         }
     };
     let pool = shared.pools.get(&db, &user, shared.settings.connect_timeout);
-    pool.remember_keys(&keys);
+    if let Some(keys) = &keys {
+        pool.remember_keys(keys);
+    }
     // A synthetic process id: the client's server changes from one transaction to the next.
     let pid = (rand::random::<u32>() >> 1) as i32;
     let cancel = shared.cancels.register(pid, None);
