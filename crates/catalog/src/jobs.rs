@@ -54,6 +54,9 @@ pub struct Job {
     pub organization_id: String,
     pub project_id: Option<String>,
     pub preview_database_id: Option<String>,
+    /// Bytes a running job has done of `progress_bytes_total` (a full branch's copy).
+    pub progress_bytes_done: Option<i64>,
+    pub progress_bytes_total: Option<i64>,
 }
 
 impl Job {

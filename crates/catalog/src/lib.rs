@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod branches;
 mod error;
 mod idempotency;
 pub mod ids;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use branches::{BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, branch_state};
 pub use error::CatalogError;
 pub use idempotency::{Idempotency, StoredResponse};
 pub use jobs::state as job_state;
@@ -34,7 +36,7 @@ pub use projects::state as project_state;
 pub use projects::{
     Branch, CreateProject, DeleteProject, NewProject, NewRole, Project, ProjectLimits, ProjectRole,
 };
-pub use routes::{RouteEntry, RouteRole};
+pub use routes::{RouteEntry, RouteRole, branch_database};
 pub use secret::{MasterKey, Secret};
 
 /// Channel notified whenever what the proxy routes to may have changed.

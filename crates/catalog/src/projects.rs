@@ -50,6 +50,13 @@ pub struct Branch {
     pub project_id: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// The branch it was made from; `None` for `main`.
+    pub parent_id: Option<String>,
+    /// `full`, `schema` or `empty`: what it was made with (and what a reset repeats).
+    pub data: String,
+    /// `creating`, `ready`, `failed` or `deleting`.
+    pub state: String,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Clone, sqlx::FromRow)]
@@ -333,11 +340,11 @@ impl Catalog {
         Ok(())
     }
 
-    /// Branches whose instances should be running: those of ready projects.
+    /// Branches whose instances should be running: the ready branches of ready projects.
     pub async fn branches_to_run(&self) -> Result<Vec<Branch>, CatalogError> {
         Ok(sqlx::query_as(
             "SELECT b.* FROM branches b JOIN projects p ON p.id = b.project_id \
-             WHERE p.state = 'ready' ORDER BY b.id",
+             WHERE p.state = 'ready' AND b.state = 'ready' ORDER BY b.id",
         )
         .fetch_all(&self.pool)
         .await?)

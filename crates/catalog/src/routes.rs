@@ -1,6 +1,7 @@
-//! What the proxy needs to route to projects, read in one query: every ready project with
-//! its main branch, limits, pool settings and roles' SCRAM verifiers. The binary turns this
-//! into the proxy's route table; nothing here knows the proxy's types.
+//! What the proxy needs to route to projects, read in one query: every ready branch of every
+//! ready project, with the project's limits, pool settings and roles' SCRAM verifiers (a
+//! branch has its project's roles). The binary turns this into the proxy's route table;
+//! nothing here knows the proxy's types.
 
 use crate::{Catalog, CatalogError, ProjectLimits};
 
@@ -8,8 +9,10 @@ use crate::{Catalog, CatalogError, ProjectLimits};
 pub struct RouteEntry {
     pub project_id: String,
     pub organization_id: String,
-    /// The database name clients use (the project's name, for its main branch).
+    /// The database name clients use: `<project>` for main, `<project>.<branch>` otherwise.
     pub database: String,
+    /// The database's name inside the branch's instance (the project's name, on every branch).
+    pub dbname: String,
     pub branch_id: String,
     pub limits: ProjectLimits,
     pub pool_config: serde_json::Value,
@@ -41,6 +44,7 @@ struct Row {
     organization_id: String,
     name: String,
     branch_id: String,
+    branch_name: String,
     #[sqlx(flatten)]
     limits: ProjectLimits,
     pool_config: serde_json::Value,
@@ -49,15 +53,20 @@ struct Row {
     next_verifier: Option<String>,
 }
 
+/// The database name clients use for a branch (DESIGN.md, Routing).
+pub fn branch_database(project: &str, branch: &str) -> String {
+    if branch == crate::MAIN_BRANCH { project.to_owned() } else { format!("{project}.{branch}") }
+}
+
 impl Catalog {
     pub async fn route_snapshot(&self) -> Result<Vec<RouteEntry>, CatalogError> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT p.id AS project_id, p.organization_id, p.name, b.id AS branch_id, \
+            "SELECT p.id AS project_id, p.organization_id, p.name, b.id AS branch_id, b.name AS branch_name, \
              p.max_direct_connections, p.max_pooled_connections, p.query_timeout_ms, \
              p.transaction_timeout_ms, p.idle_timeout_ms, p.idle_in_transaction_timeout_ms, \
              p.pool_config, r.name AS role_name, r.verifier, r.next_verifier \
-             FROM projects p JOIN branches b ON b.project_id = p.id AND b.name = 'main' \
-             JOIN roles r ON r.project_id = p.id WHERE p.state = 'ready' ORDER BY p.id, r.id",
+             FROM projects p JOIN branches b ON b.project_id = p.id AND b.state = 'ready' \
+             JOIN roles r ON r.project_id = p.id WHERE p.state = 'ready' ORDER BY p.id, b.id, r.id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -66,11 +75,12 @@ impl Catalog {
             let role =
                 RouteRole { name: row.role_name, verifier: row.verifier, next_verifier: row.next_verifier };
             match entries.last_mut() {
-                Some(last) if last.project_id == row.project_id => last.roles.push(role),
+                Some(last) if last.branch_id == row.branch_id => last.roles.push(role),
                 _ => entries.push(RouteEntry {
                     project_id: row.project_id,
                     organization_id: row.organization_id,
-                    database: row.name,
+                    database: branch_database(&row.name, &row.branch_name),
+                    dbname: row.name,
                     branch_id: row.branch_id,
                     limits: row.limits,
                     pool_config: row.pool_config,

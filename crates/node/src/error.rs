@@ -91,6 +91,10 @@ pub enum NodeError {
         source: nix::Error,
     },
 
+    /// Something Berth does not handle (yet), named.
+    #[error("not supported: {what}")]
+    Unsupported { what: String },
+
     /// The postmaster survived SIGKILL (should not happen; reported rather than hung on).
     #[error("postgres (pid {pid}) did not exit after {waited:?}")]
     StopTimeout { pid: u32, waited: Duration },

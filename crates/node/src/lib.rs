@@ -5,6 +5,7 @@
 //! protocol.
 
 mod bin;
+pub mod clone;
 mod conf;
 mod copy;
 mod error;
@@ -14,6 +15,7 @@ mod logtail;
 mod meta;
 mod pidfile;
 mod process;
+pub mod schema;
 mod user;
 
 pub use bin::{BINDIR_ENV, PgBinaries};
