@@ -55,6 +55,54 @@ impl Instances {
         self.dir.join(branch_id)
     }
 
+    /// The branch's data directory (node's layout: `<root>/data`).
+    pub fn data_dir(&self, branch_id: &str) -> PathBuf {
+        self.root(branch_id).join("data")
+    }
+
+    /// Where a reset builds the branch's next instance before it replaces the current one.
+    pub fn staging_root(&self, branch_id: &str) -> PathBuf {
+        self.dir.join(format!(".{branch_id}.staging"))
+    }
+
+    pub fn binaries(&self) -> &PgBinaries {
+        &self.bins
+    }
+
+    /// Removes whatever is at `root` (an instance left running there is stopped first) and
+    /// makes sure its parent exists, so something new can be built there.
+    pub fn clear(&self, root: &Path) -> Result<(), NodeError> {
+        make_traversable(&self.dir)?;
+        if root.join("data").join("PG_VERSION").exists() {
+            Instance::open(&self.bins, root)?.stop()?;
+        }
+        if root.exists() {
+            std::fs::remove_dir_all(root).map_err(|e| io_error(root, e))?;
+        }
+        Ok(())
+    }
+
+    /// Copies the template into `root` (which must not exist), ready to start.
+    pub fn from_template(&self, root: &Path) -> Result<Instance, NodeError> {
+        make_traversable(root)?;
+        Instance::from_template(&self.bins, &self.template, root)
+    }
+
+    /// Replaces the branch's instance with the stopped one built at `staging`, and starts
+    /// it under supervision: sessions on the old instance end.
+    pub fn replace(&self, branch_id: &str, staging: &Path) -> Result<(), NodeError> {
+        if !staging.join("data").join("PG_VERSION").exists() {
+            return Err(NodeError::NotInitialised {
+                root: staging.to_owned(),
+                missing: staging.join("data").join("PG_VERSION"),
+            });
+        }
+        self.remove(branch_id)?;
+        let root = self.root(branch_id);
+        std::fs::rename(staging, &root).map_err(|e| io_error(&root, e))?;
+        self.start(branch_id)
+    }
+
     /// Where the branch's postmaster puts its socket (node's layout: `<root>/socket`).
     pub fn socket_dir(&self, branch_id: &str) -> PathBuf {
         self.root(branch_id).join("socket")

@@ -23,6 +23,21 @@ pub fn validate_project_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Branch names follow project names' rule (they appear in URLs and, after a dot, in the
+/// database name clients use: `<project>.<branch>`), and may not look like a branch id.
+pub fn validate_branch_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ApiError::invalid(format!("name must be 1 to {MAX_NAME_LEN} characters")));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(ApiError::invalid("name may hold only letters, digits, `_` and `-`"));
+    }
+    if catalog::ids::is_id(name, catalog::ids::BRANCH) {
+        return Err(ApiError::invalid("name may not have the shape of a branch id"));
+    }
+    Ok(())
+}
+
 /// The owner role of a project.
 pub fn owner_role(project: &str) -> String {
     format!("{project}_owner")
@@ -58,6 +73,17 @@ mod tests {
             "postgres",
         ] {
             assert!(validate_project_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn branch_names_are_checked() {
+        for ok in ["dev", "feature-1", "Fix_2", &"x".repeat(48)] {
+            assert!(validate_branch_name(ok).is_ok(), "{ok}");
+        }
+        let id = catalog::ids::generate(catalog::ids::BRANCH);
+        for bad in ["", "a.b", "a/b", "..", "sp ace", "é", &"x".repeat(49), &id] {
+            assert!(validate_branch_name(bad).is_err(), "{bad}");
         }
     }
 

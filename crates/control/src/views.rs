@@ -116,7 +116,8 @@ pub enum PoolMode {
 pub struct JobView {
     /// `job_…`
     pub id: String,
-    /// `provision_project`, `delete_project`, …
+    /// `provision_project`, `delete_project`, `rotate_credentials`, `create_branch`,
+    /// `reset_branch`, `delete_branch`
     #[serde(rename = "type")]
     pub kind: String,
     /// `pending`, `running`, `succeeded`, `failed` or `cancelled`.
@@ -141,6 +142,9 @@ pub struct JobView {
     pub organization_id: String,
     pub project_id: Option<String>,
     pub preview_database_id: Option<String>,
+    /// Bytes done so far by a job that copies data (a `full` branch), of `progress_bytes_total`.
+    pub progress_bytes_done: Option<i64>,
+    pub progress_bytes_total: Option<i64>,
 }
 
 impl From<catalog::Job> for JobView {
@@ -167,6 +171,8 @@ impl From<catalog::Job> for JobView {
             organization_id: j.organization_id,
             project_id: j.project_id,
             preview_database_id: j.preview_database_id,
+            progress_bytes_done: j.progress_bytes_done,
+            progress_bytes_total: j.progress_bytes_total,
         }
     }
 }

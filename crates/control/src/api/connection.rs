@@ -21,7 +21,7 @@ use crate::names::owner_role;
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionQuery {
-    /// Branch name; the default branch `main` when absent.
+    /// Branch id or name; the default branch `main` when absent.
     pub branch: Option<String>,
     /// The pooled port (true) or the direct one (false, the default).
     pub pooled: Option<bool>,
@@ -70,11 +70,11 @@ async fn credentials(
     branch: Option<&str>,
 ) -> Result<(Credentials, String), ApiError> {
     let project = find(control, caller, id).await?;
-    let branch = branch.unwrap_or("main");
-    let branches = control.catalog.branches(&project.id).await?;
-    if !branches.iter().any(|b| b.name == branch) {
-        return Err(ApiError::not_found("branch"));
-    }
+    let branch = control
+        .catalog
+        .find_branch(&project.id, branch.unwrap_or(catalog::MAIN_BRANCH))
+        .await?
+        .ok_or_else(|| ApiError::not_found("branch"))?;
     let username = owner_role(&project.name);
     let role = control
         .catalog
@@ -85,8 +85,8 @@ async fn credentials(
         .ok_or_else(|| ApiError::not_found("owner role"))?;
     let password = control.master_key.open_secret(&role.password_ciphertext, &role.id)?;
     // DESIGN.md: `<project>` routes to the default branch, `<project>.<branch>` to others.
-    let database = if branch == "main" { project.name.clone() } else { format!("{}.{branch}", project.name) };
-    Ok((Credentials { username, password, database }, branch.to_owned()))
+    let database = catalog::branch_database(&project.name, &branch.name);
+    Ok((Credentials { username, password, database }, branch.name))
 }
 
 fn uri(control: &Control, c: &Credentials, pooled: bool) -> String {
@@ -118,17 +118,27 @@ pub async fn connection(
     Ok(Json(Connection { connection_uri: uri(&control, &creds, pooled), branch, pooled }))
 }
 
+/// `?branch=` (default `main`).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsQuery {
+    /// Branch id or name; the default branch `main` when absent.
+    pub branch: Option<String>,
+}
+
 #[utoipa::path(get, path = "/v1/projects/{id}/connections", tag = "connections",
-    params(("id" = String, Path, description = "Project id or name")),
+    params(("id" = String, Path, description = "Project id or name"), ConnectionsQuery),
     responses((status = 200, body = Connections), (status = 404, body = crate::error::ErrorBody)),
     security(("bearer" = ["credentials:read"])))]
 pub async fn connections(
     State(control): State<Arc<Control>>,
     caller: Caller,
     Path(id): Path<String>,
+    q: Result<Query<ConnectionsQuery>, QueryRejection>,
 ) -> Result<Json<Connections>, ApiError> {
     caller.require(Scope::CredentialsRead)?;
-    let (creds, _) = credentials(&control, &caller, &id, None).await?;
+    let q = query(q)?;
+    let (creds, _) = credentials(&control, &caller, &id, q.branch.as_deref()).await?;
     Ok(Json(Connections {
         connections: ConnectionSet {
             direct_url: uri(&control, &creds, false),

@@ -2,6 +2,7 @@
 //! JSON body and query parsing that turns every malformed request into the documented error
 //! shape, cursor pagination, and the OpenAPI document.
 
+mod branches;
 mod connection;
 mod credentials;
 mod idempotency;
@@ -31,6 +32,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/projects", get(projects::list).post(projects::create))
         .route("/v1/projects/{id}", get(projects::get).patch(projects::update).delete(projects::delete))
+        .route("/v1/projects/{id}/branches", get(branches::list).post(branches::create))
+        .route("/v1/projects/{id}/branches/{branch}", get(branches::get).delete(branches::delete))
+        .route("/v1/projects/{id}/branches/{branch}/reset", axum::routing::post(branches::reset))
         .route("/v1/projects/{id}/connection", get(connection::connection))
         .route("/database/v1/projects/{id}/connection", get(connection::connection))
         .route("/v1/projects/{id}/connections", get(connection::connections))

@@ -7,13 +7,18 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Berth API", description = "Projects, connection strings, jobs and API keys of a Berth control plane."),
+    info(title = "Berth API", description = "Projects, branches, connection strings, jobs and API keys of a Berth control plane."),
     paths(
         super::projects::create,
         super::projects::list,
         super::projects::get,
         super::projects::update,
         super::projects::delete,
+        super::branches::create,
+        super::branches::list,
+        super::branches::get,
+        super::branches::delete,
+        super::branches::reset,
         super::connection::connection,
         super::connection::connections,
         super::credentials::rotate,

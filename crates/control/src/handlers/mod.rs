@@ -2,6 +2,7 @@
 //! (a worker can die after doing the work and before recording it), so each step checks
 //! what is already done.
 
+mod branch;
 mod delete;
 mod provision;
 mod rotate;
@@ -14,6 +15,9 @@ use crate::Control;
 pub const PROVISION_PROJECT: &str = "provision_project";
 pub const DELETE_PROJECT: &str = "delete_project";
 pub const ROTATE_CREDENTIALS: &str = "rotate_credentials";
+pub const CREATE_BRANCH: &str = "create_branch";
+pub const RESET_BRANCH: &str = "reset_branch";
+pub const DELETE_BRANCH: &str = "delete_branch";
 
 /// A failed attempt, with what an external command printed when one failed.
 #[derive(Debug, Clone)]
@@ -70,14 +74,20 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
         PROVISION_PROJECT => provision::run(control, job).await,
         DELETE_PROJECT => delete::run(control, job).await,
         ROTATE_CREDENTIALS => rotate::run(control, job).await,
+        CREATE_BRANCH => branch::create(control, job).await,
+        RESET_BRANCH => branch::reset(control, job).await,
+        DELETE_BRANCH => branch::delete(control, job).await,
         other => Err(JobError::permanent(format!("unknown job type {other:?}"))),
     }
 }
 
 /// Clean-up after a job failed for good.
 pub async fn after_failure(control: &Control, job: &Job) {
-    if job.kind == PROVISION_PROJECT {
-        provision::after_failure(control, job).await;
+    match job.kind.as_str() {
+        PROVISION_PROJECT => provision::after_failure(control, job).await,
+        CREATE_BRANCH => branch::after_create_failure(control, job).await,
+        RESET_BRANCH => branch::after_reset_failure(control, job).await,
+        _ => {}
     }
 }
 
@@ -90,8 +100,17 @@ async fn main_branch(control: &Control, project_id: &str) -> Result<catalog::Bra
 /// A superuser session on a branch's instance, over its private socket. The session never
 /// lets the server quote a failing statement in its log: statements here carry verifiers.
 async fn superuser(control: &Control, branch_id: &str) -> Result<tokio_postgres::Client, JobError> {
+    superuser_at(control, &control.instances.socket_dir(branch_id)).await
+}
+
+/// A superuser session on the instance whose socket is in `socket_dir` (one not supervised
+/// yet, such as a reset's staging instance).
+async fn superuser_at(
+    control: &Control,
+    socket_dir: &std::path::Path,
+) -> Result<tokio_postgres::Client, JobError> {
     let (client, connection) = tokio_postgres::Config::new()
-        .host_path(control.instances.socket_dir(branch_id))
+        .host_path(socket_dir)
         .port(control.instances.port())
         .user(control.instances.superuser())
         .dbname("postgres")

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use catalog::{Job, ProjectRole, project_state};
 
-use super::{JobError, blocking, main_branch, superuser};
+use super::{JobError, blocking, main_branch, superuser_at};
 use crate::Control;
 use crate::instances::TEMPLATE_DATABASE;
 use crate::names::{owner_role, quote_ident};
@@ -26,7 +26,7 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
     let instances = Arc::clone(&control.instances);
     let branch_id = branch.id.clone();
     blocking(move || instances.provision(&branch_id)).await?;
-    set_up_database(control, &branch.id, &project.name, &roles).await?;
+    set_up_database(control, &control.instances.socket_dir(&branch.id), &project.name, &roles).await?;
 
     if project.state != project_state::READY {
         control.catalog.set_project_state(project_id, project_state::READY).await?;
@@ -34,13 +34,15 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
     Ok(())
 }
 
-async fn set_up_database(
+/// The project's database and roles on a fresh instance made from the template (a new
+/// project's main branch, or an `empty` or `schema` branch). Safe to repeat.
+pub(super) async fn set_up_database(
     control: &Control,
-    branch_id: &str,
+    socket_dir: &std::path::Path,
     database: &str,
     roles: &[ProjectRole],
 ) -> Result<(), JobError> {
-    let client = superuser(control, branch_id).await?;
+    let client = superuser_at(control, socket_dir).await?;
 
     let exists = |name: &str| {
         let name = name.to_owned();

@@ -2,13 +2,14 @@
 //! The new verifier (same salt and iterations as the old, so one SCRAM exchange can be
 //! checked against both) is published beside the old one, set on the instance with
 //! `ALTER ROLE … PASSWORD '<verifier>'`, and then replaces it (grace period 0: the old
-//! password stops working when the job ends). Open sessions are never touched.
+//! password stops working when the job ends). The role is altered on the instance of every
+//! ready branch of the project. Open sessions are never touched.
 
-use catalog::{Job, project_state};
+use catalog::{Job, branch_state, project_state};
 use rand::Rng;
 use wire::scram::ScramVerifier;
 
-use super::{JobError, main_branch, superuser};
+use super::{JobError, superuser};
 use crate::Control;
 use crate::names::{owner_role, quote_ident};
 
@@ -45,15 +46,19 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
     let role = control.catalog.begin_rotation(&role.id, &sealed, &next).await?;
     let next = role.next_verifier.clone().ok_or_else(|| JobError::transient("rotation vanished"))?;
 
-    let branch = main_branch(control, project_id).await?;
-    let client = superuser(control, &branch.id).await?;
-    client
-        .batch_execute(&format!(
-            "ALTER ROLE {} PASSWORD '{}'",
-            quote_ident(&role.name),
-            next.replace('\'', "''")
-        ))
-        .await?;
+    // Every branch has its own instance holding the role: each gets the new verifier before
+    // the old one stops being published. A retry sets it again where it already is.
+    let branches = control.catalog.branches(project_id).await?;
+    for branch in branches.iter().filter(|b| b.state == branch_state::READY) {
+        let client = superuser(control, &branch.id).await?;
+        client
+            .batch_execute(&format!(
+                "ALTER ROLE {} PASSWORD '{}'",
+                quote_ident(&role.name),
+                next.replace('\'', "''")
+            ))
+            .await?;
+    }
     control.catalog.finish_rotation(&role.id).await?;
     tracing::info!(project_id, role = %role.name, "credentials rotated");
     Ok(())
