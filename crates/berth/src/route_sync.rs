@@ -51,7 +51,7 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
             name: e.database.clone(),
             upstream: Upstream {
                 addr: UpstreamAddr::Unix { dir: instances.socket_dir(&e.branch_id), port: instances.port() },
-                dbname: e.database.clone(),
+                dbname: e.dbname.clone(),
                 ssl_mode: SslMode::Disable,
                 ssl_root_cert: None,
                 tls: None,
@@ -164,6 +164,7 @@ mod tests {
             project_id: project.into(),
             organization_id: "org_1".into(),
             database: database.into(),
+            dbname: database.into(),
             branch_id: format!("br_{project}"),
             limits,
             pool_config: pool,
@@ -216,5 +217,27 @@ mod tests {
         assert_eq!(shop.roles["shop_owner"].verifiers.len(), 2, "a rotation publishes both verifiers");
         let blog = table.get("blog").expect("blog");
         assert_eq!(blog.pool, PoolConfig { max_active: None, ..PoolConfig::default() });
+    }
+
+    #[test]
+    fn a_branch_is_routed_as_project_dot_branch_to_its_own_instance() {
+        let bindir = tempfile::tempdir().expect("tempdir");
+        for program in ["initdb", "postgres"] {
+            std::fs::write(bindir.path().join(program), "").expect("write");
+        }
+        let bins = PgBinaries::from_dir(bindir.path()).expect("bindir");
+        let instances = Instances::new(bins, std::path::Path::new("/data"), InitOptions::default());
+        let main = entry("p1", "shop", ProjectLimits::default(), serde_json::json!({}));
+        let mut dev = main.clone();
+        dev.database = "shop.dev".into();
+        dev.branch_id = "br_dev".into();
+        let table = route_table(vec![main, dev], &instances);
+        assert_eq!(table.len(), 2);
+        let dev = table.get("shop.dev").expect("shop.dev is routed");
+        assert_eq!(dev.upstream.addr, UpstreamAddr::Unix { dir: instances.socket_dir("br_dev"), port: 5432 });
+        assert_eq!(dev.upstream.dbname, "shop", "the branch's instance holds the project's database");
+        assert!(dev.roles.contains_key("shop_owner"), "a branch has its project's roles");
+        let main = table.get("shop").expect("shop");
+        assert_eq!(main.upstream.addr, UpstreamAddr::Unix { dir: instances.socket_dir("br_p1"), port: 5432 });
     }
 }
