@@ -6,9 +6,11 @@ mod bootstrap;
 mod catalog_instance;
 mod client;
 mod datadir;
+mod key_check;
 mod proxy_cmd;
 mod route_sync;
 mod signals;
+mod tunnel;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     Jobs(client::JobsArgs),
     /// Create, list and revoke API keys.
     Keys(client::KeysArgs),
+    /// A local endpoint for desktop tools that logs in to a project with an API key.
+    Tunnel(tunnel::TunnelArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Credentials(args) => client::credentials(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Keys(args) => client::keys(args),
+        Command::Tunnel(args) => tunnel::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use catalog::{Catalog, RouteEntry};
 use control::Instances;
+use proxy::apikey::KeyAccess;
 use proxy::routes::{Database, Limits, PoolConfig, PoolMode, Role, Upstream, UpstreamAddr};
 use proxy::{Proxy, RouteTable, SslMode};
 use sqlx::postgres::PgListener;
@@ -47,6 +48,7 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
             idle_in_transaction_timeout: ms(e.limits.idle_in_transaction_timeout_ms),
         };
         let pool = pool_config(&e.pool_config, e.limits.max_pooled_connections);
+        let api_key_access = api_key_access(&e.organization_id, &e.project_id, &e.project_name, &roles);
         let database = Database {
             name: e.database.clone(),
             upstream: Upstream {
@@ -59,10 +61,26 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
             roles,
             limits,
             pool,
+            api_key_access,
         };
         databases.insert(e.database, database);
     }
     RouteTable::new(databases.into_values())
+}
+
+/// API-key logins (the tunnel) run as the project's owner role, when it is routed.
+fn api_key_access(
+    organization_id: &str,
+    project_id: &str,
+    project_name: &str,
+    roles: &HashMap<String, Role>,
+) -> Option<KeyAccess> {
+    let role = control::names::owner_role(project_name);
+    roles.contains_key(&role).then(|| KeyAccess {
+        organization_id: organization_id.to_owned(),
+        project_id: project_id.to_owned(),
+        role,
+    })
 }
 
 /// The API's pool settings over the proxy's defaults; the pooled connection limit caps
@@ -163,6 +181,7 @@ mod tests {
         RouteEntry {
             project_id: project.into(),
             organization_id: "org_1".into(),
+            project_name: database.into(),
             database: database.into(),
             dbname: database.into(),
             branch_id: format!("br_{project}"),
@@ -215,6 +234,15 @@ mod tests {
         );
         assert_eq!(shop.pool.pool_timeout, PoolConfig::default().pool_timeout);
         assert_eq!(shop.roles["shop_owner"].verifiers.len(), 2, "a rotation publishes both verifiers");
+        assert_eq!(
+            shop.api_key_access,
+            Some(KeyAccess {
+                organization_id: "org_1".into(),
+                project_id: "p1".into(),
+                role: "shop_owner".into()
+            }),
+            "API-key logins to the project run as its owner"
+        );
         let blog = table.get("blog").expect("blog");
         assert_eq!(blog.pool, PoolConfig { max_active: None, ..PoolConfig::default() });
     }

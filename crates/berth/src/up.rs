@@ -88,6 +88,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The proxy, with routes from the catalog from the first connection on.
     let routes = crate::route_sync::route_table(catalog.route_snapshot().await?, &instances);
     let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
+    proxy.set_api_keys(Arc::new(crate::key_check::CatalogKeys { catalog: catalog.clone() }));
     let serve_direct = tokio::spawn({
         let proxy = proxy.clone();
         async move { proxy.serve(direct_listener).await }

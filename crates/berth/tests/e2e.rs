@@ -1,192 +1,14 @@
 //! End-to-end tests of the built binary with real programs: `berth up` and `berth proxy`,
 //! driven by `psql` and `pgbench` over TLS, against real PostgreSQL instances.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+mod common;
 
-fn data_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
-
-/// A running `berth up`: what it printed, and its stderr collected on stop.
-struct Up {
-    child: Child,
-    stdout: String,
-    stderr: std::thread::JoinHandle<String>,
-    data: PathBuf,
-}
-
-/// Ports chosen once so a restart serves the same connection strings.
-#[derive(Clone, Copy)]
-struct Ports {
-    api: u16,
-    pooled: u16,
-    direct: u16,
-}
-
-fn berth_up(data: &Path, ports: Ports) -> Up {
-    let mut child = Command::new(BERTH)
-        .args(["up", "--data"])
-        .arg(data)
-        .args(["--api-listen", &format!("127.0.0.1:{}", ports.api)])
-        .args(["--pooled-listen", &format!("127.0.0.1:{}", ports.pooled)])
-        .args(["--direct-listen", &format!("127.0.0.1:{}", ports.direct)])
-        .env_remove("BERTH_API_URL")
-        .env_remove("BERTH_API_KEY")
-        // The most verbose logs, so the secret checks below see everything Berth could say.
-        .env("BERTH_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth up");
-    let mut err = child.stderr.take().expect("stderr");
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut stdout = String::new();
-    let mut line = String::new();
-    while !line.starts_with("Press Ctrl-C") {
-        line.clear();
-        if out.read_line(&mut line).expect("read stdout") == 0 {
-            panic!("berth up exited before it was up: {stdout}\n{}", stderr.join().unwrap_or_default());
-        }
-        stdout.push_str(&line);
-    }
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Up { child, stdout, stderr, data: data.to_owned() }
-}
-
-impl Up {
-    /// SIGTERM, wait for a clean exit, and return what it logged.
-    fn stop(mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "berth up exited with {status}");
-        self.stderr.join().expect("stderr thread")
-    }
-
-    /// Runs a client command against this `berth up` (found through its data directory).
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BERTH)
-            .args(args)
-            .arg("--data")
-            .arg(&self.data)
-            .env_remove("BERTH_API_URL")
-            .env_remove("BERTH_API_KEY")
-            .output()
-            .expect("berth client");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn connection(&self, project: &str, pooled: bool) -> String {
-        let mut args = vec!["connection", project];
-        if pooled {
-            args.push("--pooled");
-        }
-        let (ok, uri, err) = self.cli(&args);
-        assert!(ok, "berth connection: {err}");
-        uri
-    }
-}
-
-/// A psql session kept open, connected (it has answered a first query) before this returns.
-struct Held {
-    child: Child,
-    stdin: std::process::ChildStdin,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
-fn held_psql(uri: &str) -> Held {
-    let mut child = Command::new("psql")
-        .arg(uri)
-        .args(["-X", "-At"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("psql held open");
-    let stdin = child.stdin.take().expect("stdin");
-    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut held = Held { child, stdin, stdout };
-    assert_eq!(held.query("select 'before'"), "before", "the held session did not connect");
-    held
-}
-
-impl Held {
-    /// Runs one single-row query and returns its line ("" if the session is gone).
-    fn query(&mut self, sql: &str) -> String {
-        writeln!(self.stdin, "{sql};").expect("write");
-        let mut line = String::new();
-        let _ = self.stdout.read_line(&mut line);
-        line.trim().to_owned()
-    }
-
-    fn close(mut self) {
-        drop(self.stdin);
-        let _ = self.child.wait();
-    }
-}
-
-/// One request to the API of the `berth up` using `data` (plain HTTP/1.1 over a socket).
-fn api(data: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let url = std::fs::read_to_string(data.join("api.url")).expect("api.url");
-    let key = std::fs::read_to_string(data.join("admin.key")).expect("admin.key");
-    let addr = url.trim().trim_start_matches("http://").to_owned();
-    let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the API");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        key.trim(),
-        body.len()
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-fn password_of(uri: &str) -> String {
-    let after_scheme = &uri["postgresql://".len()..];
-    let creds = &after_scheme[..after_scheme.find('@').expect("@ in uri")];
-    creds.split(':').nth(1).expect("password").to_owned()
-}
-
-fn psql(uri: &str, sql: &str) -> (bool, String, String) {
-    let out = Command::new("psql")
-        .arg(uri)
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
-        .output()
-        .expect("psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn pgbench(uri: &str, args: &[&str]) -> String {
-    let out = Command::new("pgbench").args(args).arg(uri).output().expect("pgbench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
+use common::*;
 
 #[test]
 fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_data() {
@@ -363,18 +185,6 @@ fn write_config(path: &Path, listen_port: u16, tls_dir: &Path, dbs: &[(&str, &te
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write config");
     std::fs::rename(&tmp, path).expect("replace config");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

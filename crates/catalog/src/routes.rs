@@ -9,6 +9,7 @@ use crate::{Catalog, CatalogError, ProjectLimits};
 pub struct RouteEntry {
     pub project_id: String,
     pub organization_id: String,
+    pub project_name: String,
     /// The database name clients use: `<project>` for main, `<project>.<branch>` otherwise.
     pub database: String,
     /// The database's name inside the branch's instance (the project's name, on every branch).
@@ -79,6 +80,7 @@ impl Catalog {
                 _ => entries.push(RouteEntry {
                     project_id: row.project_id,
                     organization_id: row.organization_id,
+                    project_name: row.name.clone(),
                     database: branch_database(&row.name, &row.branch_name),
                     dbname: row.name,
                     branch_id: row.branch_id,

@@ -34,26 +34,40 @@ fn read_file(path: &std::path::Path) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
+/// The API key from BERTH_API_KEY, else the admin key a local `berth up` wrote.
+pub fn api_key(opts: &ClientOpts) -> Option<Secret> {
+    let data = crate::datadir::for_client(opts.data.clone());
+    std::env::var("BERTH_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .or_else(|| read_file(&data.join("admin.key")))
+        .map(Secret::new)
+}
+
 impl Api {
     pub fn new(opts: &ClientOpts) -> anyhow::Result<Api> {
+        let key = api_key(opts).context(
+            "no API key: set BERTH_API_KEY, or run on the machine of `berth up` (with --data DIR)",
+        )?;
+        Self::with_key(opts, key)
+    }
+
+    pub fn with_key(opts: &ClientOpts, key: Secret) -> anyhow::Result<Api> {
         let data = crate::datadir::for_client(opts.data.clone());
         let base = opts.api_url.clone().or_else(|| read_file(&data.join("api.url"))).context(
             "no API URL: set BERTH_API_URL, or run on the machine of `berth up` (with --data DIR)",
         )?;
-        let key = std::env::var("BERTH_API_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-            .or_else(|| read_file(&data.join("admin.key")))
-            .map(Secret::new)
-            .context(
-                "no API key: set BERTH_API_KEY, or run on the machine of `berth up` (with --data DIR)",
-            )?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
         Ok(Api { agent, base: base.trim_end_matches('/').to_owned(), key })
+    }
+
+    /// A GET whose error statuses are returned, not raised: `Err((status, message))`.
+    pub fn get_status(&self, path: &str) -> anyhow::Result<Result<Value, (u16, String)>> {
+        self.exchange("GET", path, None)
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -69,6 +83,18 @@ impl Api {
     }
 
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        match self.exchange(method, path, body)? {
+            Ok(json) => Ok(json),
+            Err((_, message)) => Err(anyhow::anyhow!(message)),
+        }
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Result<Value, (u16, String)>> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.key.expose());
         let sent = match (method, body) {
@@ -89,9 +115,9 @@ impl Api {
         if status >= 400 {
             let code = json["error"]["code"].as_str().unwrap_or("error");
             let message = json["error"]["message"].as_str().unwrap_or(text.as_str());
-            anyhow::bail!("{message} ({code}, HTTP {status})");
+            return Ok(Err((status, format!("{message} ({code}, HTTP {status})"))));
         }
-        Ok(json)
+        Ok(Ok(json))
     }
 
     /// Long-polls a job until it finishes.

@@ -8,8 +8,7 @@ mod output;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use api::Api;
-pub use api::ClientOpts;
+pub use api::{Api, ClientOpts, api_key};
 use output::{Spinner, cell, table};
 
 #[derive(Args)]

@@ -1,0 +1,232 @@
+//! `berth tunnel` end to end: `berth up`, a project, API keys, and `psql` / `pgbench` talking
+//! to the tunnel's local port without TLS or a password.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+mod common;
+
+use common::*;
+
+/// A running `berth tunnel`, with what it printed before it was ready.
+struct Tunnel {
+    child: Child,
+    port: u16,
+    banner: String,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+fn tunnel(data: &Path, key: Option<&str>, args: &[&str]) -> Tunnel {
+    let mut cmd = Command::new(BERTH);
+    cmd.arg("tunnel")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env_remove("BERTH_API_URL")
+        .env_remove("BERTH_API_KEY");
+    if let Some(k) = key {
+        cmd.env("BERTH_API_KEY", k);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn berth tunnel");
+    let mut err = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut banner = String::new();
+    let mut line = String::new();
+    while !line.starts_with("Press Ctrl-C") {
+        line.clear();
+        if out.read_line(&mut line).expect("read stdout") == 0 {
+            panic!(
+                "berth tunnel exited before it was ready: {banner}\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        banner.push_str(&line);
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let port = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("port: "))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in the banner: {banner}"));
+    Tunnel { child, port, banner, stderr: Some(stderr) }
+}
+
+impl Tunnel {
+    fn uri(&self, db: &str) -> String {
+        format!("postgresql://anyone@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+    }
+
+    /// SIGINT, then wait for the exit; returns what it wrote to stderr.
+    fn interrupt(mut self) -> String {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "berth tunnel exited with {status}");
+        self.stderr.take().expect("stderr").join().expect("stderr thread")
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates an API key through the API; returns (id, token).
+fn create_key(data: &Path, project: Option<&str>, scopes: &[&str]) -> (String, String) {
+    let body = serde_json::json!({"name": "tunnel-test", "scopes": scopes, "project": project});
+    let (status, body) = api(data, "POST", "/v1/keys", &body.to_string());
+    assert_eq!(status, 201, "create key: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    (v["key"]["id"].as_str().expect("id").to_owned(), v["token"].as_str().expect("token").to_owned())
+}
+
+fn project_id(data: &Path, name: &str) -> String {
+    let (status, body) = api(data, "GET", &format!("/v1/projects/{name}"), "");
+    assert_eq!(status, 200, "get project: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["id"].as_str().expect("id").to_owned()
+}
+
+/// psql's error output for a connection that must fail.
+fn refused(uri: &str) -> String {
+    let (ok, out, err) = psql(uri, "select 1");
+    assert!(!ok, "the connection worked: {out}");
+    err
+}
+
+fn up_with_projects(data: &Path, names: &[&str]) -> Up {
+    let up = berth_up(data, Ports { api: free_port(), pooled: free_port(), direct: free_port() });
+    for name in names {
+        let (ok, _, err) = up.cli(&["projects", "create", name]);
+        assert!(ok, "create {name}: {err}");
+    }
+    up
+}
+
+#[test]
+fn psql_through_the_tunnel_changes_the_schema_on_both_ports_as_the_owner() {
+    let data = data_dir();
+    let up = up_with_projects(data.path(), &["shop"]);
+    let shop = project_id(data.path(), "shop");
+    let (_, key) = create_key(data.path(), Some(&shop), &["credentials:read"]);
+    let t = tunnel(data.path(), Some(&key), &["shop"]);
+    for want in ["hostname: 127.0.0.1", "username: <anything>", "password: <none>", "psql -h 127.0.0.1 -p"] {
+        assert!(t.banner.contains(want), "banner lacks {want:?}: {}", t.banner);
+    }
+    assert!(!t.banner.contains(&key), "the key is not printed");
+    let (ok, _, err) = psql(&t.uri("shop"), "create table x(i int); insert into x values (42)");
+    assert!(ok, "DDL through the tunnel: {err}");
+    let (ok, out, err) = psql(&t.uri("whatever-name"), "select i from x");
+    assert!(ok, "{err}");
+    assert_eq!(out, "42", "any database name reaches the tunnel's project");
+    let (_, who, _) = psql(&t.uri("shop"), "select current_user");
+    assert_eq!(who, "shop_owner");
+    // A password the local client insists on is ignored, not checked.
+    let with_password = t.uri("shop").replace("anyone@", "someone:wrong@");
+    assert_eq!(psql(&with_password, "select count(*) from x").1, "1");
+
+    // The pooled port, with many concurrent local clients.
+    let pooled = tunnel(data.path(), Some(&key), &["shop", "--pooled"]);
+    pgbench(&pooled.uri("shop"), &["-i", "-s", "1", "-q"]);
+    let report = pgbench(&pooled.uri("shop"), &["-n", "-c", "16", "-j", "2", "-t", "25"]);
+    assert!(report.contains("number of failed transactions: 0"), "{report}");
+    assert!(report.contains("number of transactions actually processed: 400/400"), "{report}");
+    let (_, count, _) = psql(&t.uri("shop"), "select count(*) from pgbench_history");
+    assert_eq!(count, "400", "every pooled transaction reached the project");
+
+    // SIGINT closes the listener and lets open sessions finish.
+    let mut held = held_psql(&t.uri("shop"));
+    let port = t.port;
+    let pid = nix::unistd::Pid::from_raw(t.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    wait_for("the listener to close", || std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert_eq!(held.query("select i from x"), "42", "the open session keeps working");
+    held.close();
+    let stderr = t.interrupt_after_sessions();
+    assert!(!stderr.contains(&key), "the key never reaches the tunnel's output");
+    drop(pooled);
+    let logs = up.stop();
+    assert!(!logs.contains(&key), "the key never reaches Berth's logs");
+}
+
+impl Tunnel {
+    /// Waits for a tunnel already sent SIGINT to exit once its sessions ended.
+    fn interrupt_after_sessions(mut self) -> String {
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "berth tunnel exited with {status}");
+        self.stderr.take().expect("stderr").join().expect("stderr thread")
+    }
+}
+
+#[test]
+fn every_bad_input_gets_a_postgres_error_and_the_tunnel_stays_up() {
+    let data = data_dir();
+    let up = up_with_projects(data.path(), &["shop", "blog"]);
+    let (shop, blog) = (project_id(data.path(), "shop"), project_id(data.path(), "blog"));
+    let (shop_key_id, shop_key) = create_key(data.path(), Some(&shop), &["credentials:read"]);
+    let (_, blog_key) = create_key(data.path(), Some(&blog), &["credentials:read"]);
+    let (_, no_scope_key) = create_key(data.path(), Some(&shop), &["projects:read"]);
+
+    // No key at all: the tunnel starts, warns, and tells every client why.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let api_url = std::fs::read_to_string(data.path().join("api.url")).expect("api.url");
+    let ca = data.path().join("ca.pem");
+    let ca = ca.to_str().expect("utf-8 path");
+    let no_key = tunnel(empty.path(), None, &["shop", "--api-url", api_url.trim(), "--ca-file", ca]);
+    let err = refused(&no_key.uri("shop"));
+    assert!(err.contains("no API key"), "{err}");
+    assert!(refused(&no_key.uri("shop")).contains("no API key"), "still up, still clear");
+
+    // A key of another project: refused like an unknown one.
+    let other = tunnel(data.path(), Some(&blog_key), &["shop"]);
+    let err = refused(&other.uri("shop"));
+    assert!(err.contains("not found with this API key"), "{err}");
+
+    // A key without credentials:read.
+    let scopeless = tunnel(data.path(), Some(&no_scope_key), &["shop"]);
+    let err = refused(&scopeless.uri("shop"));
+    assert!(err.contains("scope") || err.contains("403"), "{err}");
+
+    // A working tunnel, then its key is revoked: new sessions are refused at once.
+    let t = tunnel(data.path(), Some(&shop_key), &["shop"]);
+    assert!(psql(&t.uri("shop"), "select 1").0, "works before the revocation");
+    let (status, body) = api(data.path(), "DELETE", &format!("/v1/keys/{shop_key_id}"), "");
+    assert!(status < 300, "revoke: {status} {body}");
+    let err = refused(&t.uri("shop"));
+    assert!(err.contains("API key authentication failed"), "{err}");
+
+    // Garbage from a local client: an 08P01 for it, and the tunnel keeps serving.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", other.port)).expect("connect");
+    raw.write_all(b"\x00\x00\x00\x03garbage that is no startup packet").expect("write");
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&b'E'), "an ErrorResponse: {answer:?}");
+    assert!(String::from_utf8_lossy(&answer).contains("08P01"), "{}", String::from_utf8_lossy(&answer));
+    assert!(refused(&other.uri("shop")).contains("not found"), "the tunnel still answers");
+
+    // Berth unreachable: a clear error, the tunnel up; it works once Berth is back.
+    let gone = free_port();
+    let unreachable = tunnel(
+        empty.path(),
+        Some(&blog_key),
+        &["blog", "--api-url", &format!("http://127.0.0.1:{gone}"), "--ca-file", ca],
+    );
+    let err = refused(&unreachable.uri("blog"));
+    assert!(err.contains("cannot reach the Berth API"), "{err}");
+    assert!(refused(&unreachable.uri("blog")).contains("cannot reach"), "still up");
+
+    // Binding beyond loopback warns that the key's access is exposed.
+    let open = tunnel(data.path(), Some(&blog_key), &["blog", "--host", "0.0.0.0"]);
+    assert!(psql(&open.uri("blog"), "select 1").0, "the exposed tunnel works");
+    let stderr = open.interrupt();
+    assert!(stderr.contains("not loopback"), "{stderr}");
+    up.stop();
+}
