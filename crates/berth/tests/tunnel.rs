@@ -230,3 +230,34 @@ fn every_bad_input_gets_a_postgres_error_and_the_tunnel_stays_up() {
     assert!(stderr.contains("not loopback"), "{stderr}");
     up.stop();
 }
+
+#[test]
+fn a_branch_tunnel_reaches_the_branch_and_not_its_parent() {
+    let data = data_dir();
+    let up = up_with_projects(data.path(), &["shop"]);
+    let shop = project_id(data.path(), "shop");
+    let (_, key) = create_key(data.path(), Some(&shop), &["credentials:read"]);
+    let main = tunnel(data.path(), Some(&key), &["shop"]);
+    assert!(psql(&main.uri("shop"), "create table x(i int); insert into x values (1)").0);
+    let body = serde_json::json!({"name": "dev", "data": "full"}).to_string();
+    let (status, body) = api(data.path(), "POST", &format!("/v1/projects/{shop}/branches"), &body);
+    assert!(status < 300, "create branch: {status} {body}");
+    let job: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let job_id = job["job"]["id"].as_str().expect("job id");
+    wait_for("the branch job", || {
+        let (_, body) = api(data.path(), "GET", &format!("/v1/jobs/{job_id}?wait=5"), "");
+        let state = serde_json::from_str::<serde_json::Value>(&body).expect("json")["state"].clone();
+        assert_ne!(state, "failed", "the branch job failed: {body}");
+        state == "succeeded"
+    });
+    let dev = tunnel(data.path(), Some(&key), &["shop", "--branch", "dev"]);
+    assert!(dev.banner.contains("shop.dev"), "{}", dev.banner);
+    let (ok, _, err) = psql(&dev.uri("shop"), "insert into x values (2); create table only_on_dev(i int)");
+    assert!(ok, "{err}");
+    assert_eq!(psql(&dev.uri("shop"), "select string_agg(i::text, ',' order by i) from x").1, "1,2");
+    assert_eq!(psql(&main.uri("shop"), "select count(*) from x").1, "1", "the parent did not change");
+    let (ok, _, _) = psql(&main.uri("shop"), "select * from only_on_dev");
+    assert!(!ok, "a table made on the branch is not on main");
+    drop((main, dev));
+    up.stop();
+}
