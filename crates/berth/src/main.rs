@@ -30,6 +30,8 @@ enum Command {
     Proxy(proxy_cmd::ProxyArgs),
     /// Create, list, show and delete projects.
     Projects(client::ProjectsArgs),
+    /// Create, list, show, reset and delete a project's branches.
+    Branches(client::BranchesArgs),
     /// Print a project's connection string.
     Connection(client::ConnectionArgs),
     /// Rotate a project's credentials.
@@ -61,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Up(args) => serve(Box::pin(up::run(args))),
         Command::Proxy(args) => serve(Box::pin(proxy_cmd::run(args))),
         Command::Projects(args) => client::projects(args),
+        Command::Branches(args) => client::branches(args),
         Command::Connection(args) => client::connection(args),
         Command::Credentials(args) => client::credentials(args),
         Command::Jobs(args) => client::jobs(args),

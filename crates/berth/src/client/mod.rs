@@ -3,7 +3,10 @@
 //! `psql "$(berth connection shop)"`.
 
 mod api;
+mod branches;
 mod output;
+
+pub use branches::{BranchesArgs, branches};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
