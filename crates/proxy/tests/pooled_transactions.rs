@@ -78,11 +78,9 @@ async fn set_in_a_committed_transaction_is_kept_set_local_is_not() {
     }
 }
 
-/// PostgreSQL undoes a `SET` when its transaction rolls back. The proxy records the SET when
-/// the statement completes, so it replays a setting the client's session no longer has, and
-/// its idea of the server's settings no longer matches the server.
+/// PostgreSQL undoes a `SET` when its transaction (or savepoint) rolls back, and so must the
+/// proxy's records of the client's and the server's settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a SET inside a rolled-back transaction is recorded and replayed"]
 async fn set_in_a_rolled_back_transaction_is_forgotten() {
     let s = stack(pool_of(2)).await;
     let a = s.client().await;
@@ -99,6 +97,30 @@ async fn set_in_a_rolled_back_transaction_is_forgotten() {
         holder.batch_execute("COMMIT").await.unwrap();
         assert_eq!(show(&c, "search_path").await, "mine", "C's own setting is missing");
         assert_eq!(show(&a, "search_path").await, "\"$user\", public", "a rolled-back SET came back");
+    }
+    // Savepoints, a failed transaction's COMMIT, and statements sent one by one.
+    a.batch_execute(
+        "BEGIN; SET search_path = kept; SAVEPOINT s; SET search_path = undone; ROLLBACK TO s; COMMIT",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SET search_path = lost").await.unwrap();
+    assert!(a.batch_execute("SELECT 1/0").await.is_err());
+    a.batch_execute("COMMIT").await.unwrap();
+    a.batch_execute("START TRANSACTION").await.unwrap();
+    a.batch_execute("SET statement_timeout = '7s'").await.unwrap();
+    a.batch_execute("SAVEPOINT one").await.unwrap();
+    a.batch_execute("RELEASE one").await.unwrap();
+    a.batch_execute("ABORT").await.unwrap();
+    for _ in 0..3 {
+        let holder = s.client().await;
+        holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        assert_eq!(show(&a, "search_path").await, "kept", "the setting before the savepoint was lost");
+        assert_eq!(show(&a, "statement_timeout").await, "0", "an aborted SET came back");
+        holder.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(show(&a, "search_path").await, "kept");
+        assert_eq!(show(&c, "search_path").await, "mine", "C's own setting is missing");
     }
 }
 

@@ -39,6 +39,18 @@ pub enum Effect {
     SqlDeallocateAll,
     /// `set_config(name, value, false)` and other changes the proxy cannot replay.
     Untracked,
+    /// Transaction control, so settings changed inside a transaction can be undone when
+    /// PostgreSQL undoes them. `chain` starts the next transaction at once (`AND CHAIN`).
+    Begin,
+    Commit {
+        chain: bool,
+    },
+    Rollback {
+        chain: bool,
+    },
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
 }
 
 /// Effects of one query string, in statement order.
@@ -52,10 +64,23 @@ const TRIGGERS: &[&str] =
 /// query that passes through a pooled session.
 fn may_have_effects(sql: &str) -> bool {
     let hay = sql.as_bytes();
-    TRIGGERS.iter().any(|t| {
-        let t = t.as_bytes();
-        hay.len() >= t.len() && hay.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t))
-    })
+    is_transaction_control(sql)
+        || TRIGGERS.iter().any(|t| {
+            let t = t.as_bytes();
+            hay.len() >= t.len() && hay.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t))
+        })
+}
+
+/// Words that begin a transaction-control statement (`END` and `ABORT` are PostgreSQL's
+/// spellings of COMMIT and ROLLBACK).
+const TRANSACTION_WORDS: &[&str] =
+    &["begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release"];
+
+/// Whether the first word of `sql` begins a transaction-control statement. Only the first
+/// word: these words are common inside other statements (`CASE … END`).
+fn is_transaction_control(sql: &str) -> bool {
+    let word = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or_default();
+    TRANSACTION_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// Classifies `sql`, parsing it only when it might matter.
@@ -152,6 +177,19 @@ fn statement_effects(node: &NodeEnum, text: &str, out: &mut Vec<Effect>) {
         NodeEnum::ClosePortalStmt(c) if c.portalname.is_empty() => out.push(Effect::CloseAllCursors),
         NodeEnum::ClosePortalStmt(c) => out.push(Effect::CloseCursor(c.portalname.clone())),
         NodeEnum::PrepareStmt(p) => out.push(Effect::SqlPrepare(p.name.clone())),
+        NodeEnum::TransactionStmt(t) => {
+            use pg_query::protobuf::TransactionStmtKind as K;
+            match K::try_from(t.kind) {
+                Ok(K::TransStmtBegin | K::TransStmtStart) => out.push(Effect::Begin),
+                // PREPARE TRANSACTION ends the transaction as a commit does, for the session.
+                Ok(K::TransStmtCommit | K::TransStmtPrepare) => out.push(Effect::Commit { chain: t.chain }),
+                Ok(K::TransStmtRollback) => out.push(Effect::Rollback { chain: t.chain }),
+                Ok(K::TransStmtSavepoint) => out.push(Effect::Savepoint(t.savepoint_name.clone())),
+                Ok(K::TransStmtRelease) => out.push(Effect::Release(t.savepoint_name.clone())),
+                Ok(K::TransStmtRollbackTo) => out.push(Effect::RollbackTo(t.savepoint_name.clone())),
+                _ => {}
+            }
+        }
         NodeEnum::DeallocateStmt(d) if d.isall || d.name.is_empty() => out.push(Effect::SqlDeallocateAll),
         NodeEnum::DeallocateStmt(d) => out.push(Effect::SqlDeallocate(d.name.clone())),
         _ => {}
@@ -243,6 +281,30 @@ mod tests {
         assert_eq!(classify("prepare p as select 1"), vec![Effect::SqlPrepare("p".into())]);
         assert_eq!(classify("deallocate all"), vec![Effect::SqlDeallocateAll]);
         assert_eq!(classify("select set_config('search_path', 'x', false)"), vec![Effect::Untracked]);
+    }
+
+    #[test]
+    fn transaction_control() {
+        assert_eq!(classify("begin"), vec![Effect::Begin]);
+        assert_eq!(classify("START TRANSACTION ISOLATION LEVEL SERIALIZABLE"), vec![Effect::Begin]);
+        assert_eq!(classify("end"), vec![Effect::Commit { chain: false }]);
+        assert_eq!(classify("COMMIT AND CHAIN"), vec![Effect::Commit { chain: true }]);
+        assert_eq!(classify("abort"), vec![Effect::Rollback { chain: false }]);
+        assert_eq!(
+            classify("savepoint a; release savepoint a"),
+            vec![Effect::Savepoint("a".into()), Effect::Release("a".into())]
+        );
+        assert_eq!(classify("rollback to savepoint a"), vec![Effect::RollbackTo("a".into())]);
+        assert_eq!(
+            classify("begin; set search_path = x; rollback"),
+            vec![
+                Effect::Begin,
+                Effect::Set { name: "search_path".into(), sql: "set search_path = x".into() },
+                Effect::Rollback { chain: false }
+            ]
+        );
+        // Only a leading keyword makes a statement worth parsing for this.
+        assert!(!may_have_effects("select case when true then 1 end"));
     }
 
     #[test]

@@ -59,7 +59,17 @@ impl Pins {
                 let untracked = self.untracked;
                 *self = Pins { untracked, ..Pins::default() };
             }
-            Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll => {}
+            // A pin taken in a transaction that rolls back stays until released: pinned for
+            // too long is safe, unpinned too early is not.
+            Effect::Set { .. }
+            | Effect::Reset { .. }
+            | Effect::ResetAll
+            | Effect::Begin
+            | Effect::Commit { .. }
+            | Effect::Rollback { .. }
+            | Effect::Savepoint(_)
+            | Effect::Release(_)
+            | Effect::RollbackTo(_) => {}
         }
     }
 }

@@ -32,7 +32,7 @@ use super::expect::{Expect, ExpectQueue, Finished, Kind, Verdict};
 use super::pins::Pins;
 use super::pool::{CheckoutError, Pool};
 use super::server::ServerConn;
-use super::settings::Settings;
+use super::settings::{Settings, Undo};
 use super::statements::{ClientStatements, Prepared};
 use crate::cancel::{CancelGuard, CancelTarget};
 use crate::clients::{ClientInfo, ClientState};
@@ -87,6 +87,7 @@ where
         client: Side::new(client),
         attached: None,
         settings,
+        undo: Undo::default(),
         statements: ClientStatements::default(),
         unnamed_statement: Effects::default(),
         unnamed_portal: Effects::default(),
@@ -208,6 +209,8 @@ struct Session<S: AsyncRead + AsyncWrite + Unpin> {
     client: Side<ClientStream<S>>,
     attached: Option<Attached>,
     settings: Settings,
+    /// What a rollback restores of `settings` and the server's record.
+    undo: Undo,
     statements: ClientStatements,
     unnamed_statement: Effects,
     unnamed_portal: Effects,
@@ -1139,7 +1142,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let was_pinned = self.pins.is_pinned();
         let in_transaction = self.status != TransactionStatus::Idle;
         let a = self.attached.as_mut().expect("effects come from the attached server");
+        let failed = self.status == TransactionStatus::Failed;
         for e in effects {
+            let (client, server) = (&mut self.settings, &mut a.server.settings);
+            match e {
+                Effect::Begin => self.undo.begin(client, server),
+                // COMMIT of a failed transaction rolls it back.
+                Effect::Commit { chain } | Effect::Rollback { chain } => {
+                    if failed || matches!(e, Effect::Rollback { .. }) {
+                        self.undo.rollback(client, server);
+                    } else {
+                        self.undo.commit();
+                    }
+                    if *chain {
+                        self.undo.begin(client, server);
+                    }
+                }
+                Effect::Savepoint(name) => self.undo.savepoint(name, client, server),
+                Effect::Release(name) => self.undo.release(name),
+                Effect::RollbackTo(name) => self.undo.rollback_to(name, client, server),
+                _ => {}
+            }
             self.settings.apply(e);
             a.server.settings.apply(e);
             // Inside a transaction a ROLLBACK may undo it: the server's record cannot be

@@ -16,6 +16,59 @@ pub struct Settings {
     unknown: bool,
 }
 
+/// The settings records of a client and of its server as they were when the transaction
+/// began and at each savepoint, so a rollback restores what PostgreSQL restores.
+#[derive(Debug, Default)]
+pub struct Undo {
+    begin: Option<(Settings, Settings)>,
+    savepoints: Vec<(String, (Settings, Settings))>,
+}
+
+impl Undo {
+    pub fn begin(&mut self, client: &Settings, server: &Settings) {
+        self.begin = Some((client.clone(), server.clone()));
+        self.savepoints.clear();
+    }
+
+    /// The transaction committed: its changes stay.
+    pub fn commit(&mut self) {
+        self.begin = None;
+        self.savepoints.clear();
+    }
+
+    /// The transaction rolled back: both records go back to BEGIN.
+    pub fn rollback(&mut self, client: &mut Settings, server: &mut Settings) {
+        if let Some((c, s)) = self.begin.take() {
+            *client = c;
+            *server = s;
+        }
+        self.savepoints.clear();
+    }
+
+    pub fn savepoint(&mut self, name: &str, client: &Settings, server: &Settings) {
+        if self.begin.is_some() {
+            self.savepoints.push((name.to_owned(), (client.clone(), server.clone())));
+        }
+    }
+
+    /// `RELEASE name`: the savepoint and every later one are gone, their changes kept.
+    pub fn release(&mut self, name: &str) {
+        if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+            self.savepoints.truncate(i);
+        }
+    }
+
+    /// `ROLLBACK TO name`: back to the savepoint, which stays; later ones are gone.
+    pub fn rollback_to(&mut self, name: &str, client: &mut Settings, server: &mut Settings) {
+        if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+            self.savepoints.truncate(i + 1);
+            let (c, s) = &self.savepoints[i].1;
+            *client = c.clone();
+            *server = s.clone();
+        }
+    }
+}
+
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
