@@ -413,3 +413,37 @@ async fn rotation_reaches_every_branch() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_that_cannot_be_copied_fails_cleanly_and_can_be_deleted() {
+    let h = harness().await;
+    let main = ready_project(&h, "shop").await;
+    // Something the copy refuses (a tablespace: a directory outside the data directory).
+    let link = h.control.instances.data_dir(&main).join("pg_tblspc").join("16999");
+    std::os::unix::fs::symlink("/nonexistent", &link).unwrap();
+    let (status, created) = h.post("/v1/projects/shop/branches", r#"{"name":"dev"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    h.drain_jobs().await;
+    let job = h.job(created["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job.state, "failed");
+    assert_eq!(job.retry_classification.as_deref(), Some("permanent"));
+    assert!(job.error.as_deref().unwrap_or_default().contains("tablespaces"), "{:?}", job.error);
+    let (_, failed) = h.get("/v1/projects/shop/branches/dev").await;
+    assert_eq!(failed["state"], "failed");
+    let branch_id = failed["id"].as_str().unwrap();
+    assert!(!h.control.instances.root(branch_id).exists(), "a half-made branch was left");
+    let routed = h.control.catalog.route_snapshot().await.unwrap();
+    assert_eq!(routed.iter().map(|r| r.database.as_str()).collect::<Vec<_>>(), ["shop"]);
+
+    // The parent is untouched and the failed branch can be deleted, freeing its name.
+    std::fs::remove_file(&link).unwrap();
+    let owner = connect(&h, &main, "shop_owner", "shop").await;
+    owner.batch_execute("SELECT 1").await.unwrap();
+    let (status, body) = h.call(Method::DELETE, "/v1/projects/shop/branches/dev", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    h.drain_jobs().await;
+    let again = branch(&h, "shop", r#"{"name":"dev"}"#).await;
+    assert_ne!(again["id"], failed["id"]);
+    let routed = h.control.catalog.route_snapshot().await.unwrap();
+    assert!(routed.iter().any(|r| r.database == "shop.dev" && r.dbname == "shop"));
+}

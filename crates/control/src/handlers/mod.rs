@@ -52,7 +52,8 @@ impl From<NodeError> for JobError {
             NodeError::BinariesNotFound { .. }
             | NodeError::InvalidBindir { .. }
             | NodeError::NoInstanceUser { .. }
-            | NodeError::InvalidSuperuser { .. } => out.classification = RetryClassification::Permanent,
+            | NodeError::InvalidSuperuser { .. }
+            | NodeError::Unsupported { .. } => out.classification = RetryClassification::Permanent,
             _ => {}
         }
         out
