@@ -87,11 +87,9 @@ async fn parse_of_an_existing_name_fails_and_skips_to_sync() {
     assert_eq!(run_statement(&mut c, "s1", &[]).await, "1");
 }
 
-/// PostgreSQL aborts the transaction a failed Parse is part of; the proxy answers the
-/// duplicate name itself and the server's transaction goes on: the client is told `T`, and
-/// a COMMIT commits what PostgreSQL would have rolled back.
+/// PostgreSQL aborts the transaction a failed Parse is part of, and so must the proxy when it
+/// is the one that knows the name is taken: a COMMIT afterwards rolls back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a duplicate-name Parse answered by the proxy does not abort the transaction"]
 async fn duplicate_parse_inside_a_transaction_aborts_it() {
     let s = stack(pool_of(2)).await;
     let mut c = s.raw().await;

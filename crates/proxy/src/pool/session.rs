@@ -924,8 +924,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let name = String::from_utf8_lossy(name).into_owned();
         a.replay = None;
         if self.statements.contains(&name) {
-            let e = duplicate_statement(&name);
-            a.queue.push(Expect::Reply(e.to_error_message().freeze()));
+            if !raise_on_server(a, &duplicate_statement(&name)) {
+                let e = duplicate_statement(&name);
+                a.queue.push(Expect::Reply(e.to_error_message().freeze()));
+            }
             self.skip_client_until_sync = true;
             return;
         }
@@ -1228,6 +1230,41 @@ fn parse_fields(body: &[u8]) -> Option<(&[u8], &str, Vec<u32>)> {
         })
         .collect();
     Some((name, std::str::from_utf8(query).ok()?, types?))
+}
+
+/// Makes the server raise `e` where the client's message would have failed, so the failure
+/// aborts the server's transaction (explicit, or the implicit one of a pipeline) exactly as
+/// PostgreSQL's own error would have; the client sees the error in place of that message's
+/// answer. False when `e` cannot be raised this way (then the proxy answers it alone).
+fn raise_on_server(a: &mut Attached, e: &ErrorResponse) -> bool {
+    const QUOTE: &str = "$berth_raise$";
+    let (Some(code), Some(message)) = (e.code(), e.message()) else { return false };
+    if message.contains(QUOTE) {
+        return false;
+    }
+    let sql = format!(
+        "DO {QUOTE}BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END{QUOTE}",
+        code.code(),
+        super::settings::quote_literal(message)
+    );
+    let messages = [
+        wire::frontend::FrontendMessage::Parse { name: String::new(), query: sql, param_types: Vec::new() },
+        wire::frontend::FrontendMessage::Bind(wire::frontend::Bind {
+            portal: String::new(),
+            statement: String::new(),
+            param_formats: Vec::new(),
+            params: Vec::new(),
+            result_formats: Vec::new(),
+        }),
+        wire::frontend::FrontendMessage::Execute { portal: String::new(), max_rows: 0 },
+    ];
+    for m in &messages {
+        m.encode(&mut a.server.wbuf);
+    }
+    a.queue.push(Expect::Injected(Kind::Parse { name: None }));
+    a.queue.push(Expect::Injected(Kind::Bind));
+    a.queue.push(Expect::Injected(Kind::Execute { effects: Effects::default() }));
+    true
 }
 
 fn duplicate_statement(name: &str) -> ErrorResponse {
