@@ -150,6 +150,8 @@ pub async fn send_error<W: AsyncWrite + Unpin>(w: &mut W, e: SessionError) -> Se
         let _ = w.write_all(&resp.to_error_message()).await;
         let _ = w.flush().await;
     }
+    // A TLS close_notify, then FIN: clients can tell this end from a lost connection.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), w.shutdown()).await;
     e
 }
 

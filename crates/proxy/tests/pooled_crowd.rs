@@ -42,7 +42,13 @@ async fn stack(pool: PoolConfig) -> (TestPg, TestProxy) {
 
 /// Logs in, runs `select pg_sleep(sleep)`, returns the error code if any.
 async fn one(proxy: &TestProxy, sleep: &str) -> Result<(), String> {
-    let mut c = match RawConn::login(proxy.pooled_addr, proxy.client_tls(), "db", "crowd", PW).await {
+    let (addr, tls, sleep) = (proxy.pooled_addr, proxy.client_tls(), sleep.to_owned());
+    // Each client is a task of its own, as separate processes would be.
+    tokio::spawn(async move { one_at(addr, tls, &sleep).await }).await.map_err(|e| e.to_string())?
+}
+
+async fn one_at(addr: std::net::SocketAddr, tls: rustls::ClientConfig, sleep: &str) -> Result<(), String> {
+    let mut c = match RawConn::login(addr, tls, "db", "crowd", PW).await {
         Ok(c) => c,
         // A login that had to wait for a server reports the same way as a query.
         Err(e) if e.to_string().contains("(53400)") => return Err("53400".into()),
@@ -59,7 +65,6 @@ async fn one(proxy: &TestProxy, sleep: &str) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: with ~1000 simultaneous TLS logins a few connections (18 of 1000 in one run) stall before the pooled session starts and are closed at the login bound; not listen-queue overflow (kernel counters unchanged); under investigation"]
 async fn a_thousand_clients_queue_on_five_servers_and_are_all_served() {
     let (pg, proxy) =
         stack(PoolConfig { pool_size: 5, pool_timeout: Duration::from_secs(120), ..PoolConfig::default() })
@@ -79,7 +84,6 @@ async fn a_thousand_clients_queue_on_five_servers_and_are_all_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: same stall as above with 200 simultaneous logins and pool_timeout 300ms: a few clients never complete within 120s"]
 async fn waiting_too_long_is_a_clear_error_not_a_hang() {
     let (_pg, proxy) =
         stack(PoolConfig { pool_size: 5, pool_timeout: Duration::from_millis(300), ..PoolConfig::default() })
@@ -94,7 +98,11 @@ async fn waiting_too_long_is_a_clear_error_not_a_hang() {
     let served = results.iter().filter(|r| r.is_ok()).count();
     let timed_out = results.iter().filter(|r| matches!(r, Err(c) if c == "53400")).count();
     assert!(served >= 5, "only {served} served");
-    assert!(timed_out > 0, "nobody timed out");
+    assert!(
+        timed_out > 0,
+        "nobody timed out: {served} served, {:?}",
+        results.iter().filter(|r| r.is_err()).take(3).collect::<Vec<_>>()
+    );
     assert_eq!(served + timed_out, 200, "{results:?}");
     // And the pool is healthy afterwards.
     one(&proxy, "0").await.unwrap();

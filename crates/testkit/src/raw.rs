@@ -59,11 +59,20 @@ impl FrameReader {
         }
     }
 
-    /// Frames up to and including the next ReadyForQuery; the error if one arrives.
+    /// Frames up to and including the next ReadyForQuery; the error if one arrives. A FATAL
+    /// error followed by the end of the connection is returned as that error.
     pub async fn until_ready(&mut self) -> anyhow::Result<(Vec<Frame>, Option<ErrorResponse>)> {
         let mut frames = Vec::new();
-        let mut error = None;
-        while let Some(f) = self.next().await? {
+        let mut error: Option<ErrorResponse> = None;
+        loop {
+            let next = self.next().await;
+            let fatal = error.as_ref().is_some_and(|e| e.severity() == Some("FATAL"));
+            let f = match next {
+                Ok(Some(f)) => f,
+                Ok(None) | Err(_) if fatal => return Ok((frames, error)),
+                Ok(None) => break,
+                Err(e) => return Err(e),
+            };
             if f.tag == b'E' && error.is_none() {
                 error = Some(ErrorResponse::decode(&f.body)?);
             }

@@ -431,7 +431,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         if self.s_remaining == 0 {
             self.client.wbuf.extend_from_slice(&e.to_error_message());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.write_out()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            self.write_out().await?;
+            // A TLS close_notify, then FIN: clients can tell this end from a lost connection.
+            self.client.stream.shutdown().await
+        })
+        .await;
         e.to_string()
     }
 
