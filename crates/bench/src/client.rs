@@ -163,7 +163,13 @@ impl Conn {
         self.flush().await?;
         let mut error = None;
         loop {
-            match self.read_message().await? {
+            let message = match self.read_message().await {
+                Ok(m) => m,
+                // A FATAL error ends the connection after it.
+                Err(_) if error.is_some() => break,
+                Err(e) => return Err(e),
+            };
+            match message {
                 BackendMessage::ErrorResponse(e) => error = Some(describe(&e)),
                 BackendMessage::ReadyForQuery(_) => break,
                 _ => {}
@@ -203,6 +209,6 @@ impl Conn {
 }
 
 fn describe(e: &wire::ErrorResponse) -> String {
-    let code = e.code().map(|c| format!("{c:?}")).unwrap_or_default();
+    let code = e.code().map(|c| c.code().to_owned()).unwrap_or_default();
     format!("{code} {}", e.message().unwrap_or(""))
 }

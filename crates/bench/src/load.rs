@@ -109,6 +109,49 @@ pub async fn storm(target: Target, clients: usize, duration: Duration) -> anyhow
     Ok(())
 }
 
+/// `clients` clients at once, each running one query; prints how many succeeded and the
+/// SQLSTATEs of those that did not (`53400:12,08006:1`).
+pub async fn crowd(target: Target, clients: usize, sleep: &str) -> anyhow::Result<()> {
+    let sleep: f64 = sleep.parse().map_err(|_| anyhow::anyhow!("--sleep takes seconds"))?;
+    let sql = format!("select pg_sleep({sleep})");
+    let target = Arc::new(target);
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let (target, sql) = (target.clone(), sql.clone());
+        tasks.spawn(async move {
+            let mut c = Conn::connect(&target).await?;
+            c.simple_query(&sql).await?;
+            c.terminate().await
+        });
+    }
+    let (mut ok, mut codes, mut first_error) = (0usize, std::collections::BTreeMap::new(), None);
+    while let Some(done) = tasks.join_next().await {
+        match done? {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                let text = e.to_string();
+                // "login failed: 53400 …" / "query failed: 53400 …"; anything else is "other".
+                let code = text
+                    .split_once(": ")
+                    .and_then(|(_, rest)| rest.get(..5))
+                    .filter(|c| c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+                    .unwrap_or("other")
+                    .to_owned();
+                *codes.entry(code).or_insert(0usize) += 1;
+                first_error.get_or_insert(text);
+            }
+        }
+    }
+    let codes: Vec<String> = codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+    println!(
+        "clients={clients} ok={ok} failed={} codes={}{}",
+        clients - ok,
+        if codes.is_empty() { "-".to_owned() } else { codes.join(",") },
+        first_error.map(|e| format!(" first_error={e:?}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// The resident set of a process, from `/proc/PID/status`.
 fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -2,7 +2,7 @@
 //! and server certificate (Berth's own `LocalCa`) for all three servers; `ports` finds free
 //! loopback ports; `idle` holds thousands of authenticated TLS clients open and reports the
 //! proxy's RSS; `storm` opens, authenticates, queries and closes connections as fast as it
-//! can. Results are one `key=value` line on stdout for the script to parse. Not a test.
+//! can; `crowd` sends thousands of clients at once at a small pool. Results are one `key=value` line on stdout for the script to parse. Not a test.
 
 mod client;
 mod load;
@@ -34,6 +34,19 @@ enum Command {
     Idle(IdleArgs),
     /// Connect, authenticate, `select 1`, disconnect, in a loop from parallel clients.
     Storm(StormArgs),
+    /// N clients at once, each: connect, `select pg_sleep(S)`, disconnect; counts outcomes.
+    Crowd(CrowdArgs),
+}
+
+#[derive(Args)]
+struct CrowdArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[arg(long, default_value_t = 5_000)]
+    clients: usize,
+    /// Seconds each client's query sleeps on the server.
+    #[arg(long, default_value = "0")]
+    sleep: String,
 }
 
 #[derive(Args)]
@@ -128,6 +141,10 @@ fn main() -> anyhow::Result<()> {
         Command::Storm(args) => {
             let target = args.target.target()?;
             runtime()?.block_on(load::storm(target, args.clients, args.duration))
+        }
+        Command::Crowd(args) => {
+            let target = args.target.target()?;
+            runtime()?.block_on(load::crowd(target, args.clients, &args.sleep))
         }
     }
 }

@@ -245,3 +245,65 @@ async fn metrics_count_what_happened() {
     assert!(ok.contains("berth_transactions_total"));
     assert!(get("/").await.starts_with("HTTP/1.1 404"));
 }
+
+/// The pooling issue's "done when": `pgbench -M prepared -c 50 -j 2 -T 20` through the pooled
+/// port with pool_size 5, zero failed transactions, and SHOW POOLS telling the truth during
+/// the run and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_for_twenty_seconds_on_five_servers_with_a_true_show_pools() {
+    let s =
+        stack(PoolConfig { pool_size: 5, pool_timeout: Duration::from_secs(30), ..PoolConfig::default() })
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &s.proxy.ca.ca_cert_pem).unwrap();
+    let init = s.proxy.url("app", "app", PW, &ca);
+    let out =
+        std::process::Command::new("pgbench").args(["-i", "-s", "1", "-q"]).arg(&init).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = s.proxy.pooled_url("app", "app", PW, &ca);
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("pgbench")
+            .args(["-M", "prepared", "-c", "50", "-j", "2", "-T", "20"])
+            .arg(&url)
+            .output()
+            .unwrap()
+    });
+    let admin = s.admin().await;
+    // Mid-run: all 50 clients are counted as active or waiting, never more than 5 servers.
+    let mut saw_all_clients = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pools = show(&admin, "SHOW POOLS").await;
+        let Some(p) = pools.iter().find(|p| p["database"] == "app" && p["user"] == "app") else { continue };
+        let n = |k: &str| p[k].parse::<u64>().unwrap();
+        assert!(n("sv_total") <= 5, "{p:?}");
+        assert_eq!(n("sv_active") + n("sv_idle"), n("sv_total"), "{p:?}");
+        assert!(n("cl_active") + n("cl_waiting") <= 50, "{p:?}");
+        saw_all_clients |= n("cl_active") + n("cl_waiting") == 50;
+        if saw_all_clients {
+            break;
+        }
+    }
+    assert!(saw_all_clients, "SHOW POOLS never counted the 50 pgbench clients");
+    let out = run.await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("number of failed transactions: 0 "), "{text}");
+    let processed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next()?.parse().ok())
+        .unwrap_or_default();
+    assert!(processed > 0, "{text}");
+    // After: nobody is connected or waiting; the servers are idle in the pool.
+    let pools = show(&admin, "SHOW POOLS").await;
+    let p = pools.iter().find(|p| p["database"] == "app" && p["user"] == "app").expect("the pool");
+    assert_eq!((p["cl_active"].as_str(), p["cl_waiting"].as_str()), ("0", "0"), "{p:?}");
+    assert_eq!(
+        (p["sv_active"].as_str(), p["pool_size"].as_str(), p["pool_mode"].as_str()),
+        ("0", "5", "transaction")
+    );
+    assert!(p["sv_idle"].parse::<u64>().unwrap() <= 5);
+    assert!(s.app_backends().await <= 5);
+}

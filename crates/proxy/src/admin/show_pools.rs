@@ -29,7 +29,12 @@ pub fn run(shared: &Arc<Shared>) -> ResultSet {
         rs.row(vec![
             pool.key.database.clone(),
             pool.key.role.clone(),
-            pool.stats.active.load(Ordering::Relaxed).to_string(),
+            // As PgBouncer counts them: connected clients not waiting for a server are active.
+            pool.stats
+                .clients
+                .load(Ordering::Relaxed)
+                .saturating_sub(pool.stats.waiting.load(Ordering::Relaxed))
+                .to_string(),
             pool.stats.waiting.load(Ordering::Relaxed).to_string(),
             pool.stats.pinned.load(Ordering::Relaxed).to_string(),
             (open as usize).saturating_sub(idle).to_string(),

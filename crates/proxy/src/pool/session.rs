@@ -73,6 +73,7 @@ where
         }
     };
     let pool = shared.pools.get(&db, &user, shared.settings.connect_timeout);
+    let _counted = super::stats::ClientCount::new(&pool);
     if let Some(keys) = &keys {
         pool.remember_keys(keys);
     }

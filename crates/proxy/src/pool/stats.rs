@@ -8,6 +8,8 @@ pub const WAIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
 
 #[derive(Debug, Default)]
 pub struct PoolStats {
+    /// Clients of this pool connected now (holding a server, waiting for one, or idle).
+    pub clients: AtomicU64,
     /// Clients waiting for a server now.
     pub waiting: AtomicU64,
     /// Clients holding a server now.
@@ -33,5 +35,21 @@ impl PoolStats {
         if let Some(i) = WAIT_BUCKETS.iter().position(|b| secs <= *b) {
             self.wait_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Counts a client of a pool for as long as it is connected.
+pub struct ClientCount(std::sync::Arc<super::Pool>);
+
+impl ClientCount {
+    pub fn new(pool: &std::sync::Arc<super::Pool>) -> Self {
+        pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        ClientCount(std::sync::Arc::clone(pool))
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
