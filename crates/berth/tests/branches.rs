@@ -1,6 +1,7 @@
 //! Branches end to end through `berth up`, its CLI and its proxy: `berth branches create`
-//! makes `<project>.<branch>`, reachable on the proxy with the project's credentials while a
-//! session on the parent stays connected; rotation reaches the branch; a restart of
+//! makes `<project>.<branch>`, reachable on the proxy with the project's credentials, while
+//! a session on the parent stays connected and pgbench writing on the parent sees no failed
+//! transaction (the branch holds every row committed before its job); rotation reaches the branch; a restart of
 //! `berth up` starts every branch's instance again; a deleted branch is no longer routed.
 
 #![allow(clippy::unwrap_used)]
@@ -126,8 +127,26 @@ fn a_branch_is_served_as_project_dot_branch_through_the_proxy() {
     assert_eq!(ask("SELECT pg_backend_pid() > 0"), "t");
     let pid = ask("SELECT pg_backend_pid()");
 
+    // pgbench writes on the parent, through the proxy, while the branch is made.
+    psql(&main_uri, "CREATE TABLE marks (i bigserial PRIMARY KEY)").unwrap();
+    let script = dir.path().join("insert.sql");
+    std::fs::write(&script, "INSERT INTO marks DEFAULT VALUES;\n").unwrap();
+    let pgbench = Command::new("pgbench")
+        .args(["-n", "-c", "2", "-T", "4", "-f"])
+        .arg(&script)
+        .arg(&main_uri)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("pgbench writes", || psql(&main_uri, "SELECT count(*) > 10 FROM marks").as_deref() == Ok("t"));
+    let before: i64 = psql(&main_uri, "SELECT max(i) FROM marks").unwrap().parse().unwrap();
     let created = up.cli(&["branches", "create", "shop", "dev"]);
     assert!(created.contains("shop.dev") && created.contains("ready"), "{created}");
+    let load = pgbench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&load.stdout).into_owned() + &String::from_utf8_lossy(&load.stderr);
+    assert!(load.status.success(), "pgbench failed on the parent: {report}");
+    assert!(report.contains("number of failed transactions: 0 "), "{report}");
     assert_eq!(ask("SELECT pg_backend_pid()"), pid, "the parent's session was dropped");
     assert_eq!(ask("SELECT count(*) FROM t"), "3");
 
@@ -139,6 +158,8 @@ fn a_branch_is_served_as_project_dot_branch_through_the_proxy() {
         "a branch has the project's credentials"
     );
     eventually("shop.dev is routed", || psql(&dev_uri, "SELECT count(*) FROM t").as_deref() == Ok("3"));
+    let kept = psql(&dev_uri, &format!("SELECT count(*) FROM marks WHERE i <= {before}")).unwrap();
+    assert_eq!(kept, before.to_string(), "rows committed before the branch job are missing");
     let pooled_dev = up.cli(&["connection", "shop", "--branch", "dev", "--pooled"]);
     psql(&pooled_dev, "INSERT INTO t VALUES (4)").unwrap();
     assert_eq!(psql(&dev_uri, "SELECT count(*) FROM t").unwrap(), "4");

@@ -188,7 +188,7 @@ async fn copy_parent(control: &Control, job: &Job, parent_id: &str, root: &Path)
         clone::finish(&src, &dst, &first_segment, &last_segment, &backup_label, &tablespace_map, &p)
     })
     .await;
-    reporter.abort();
+    drop(reporter);
     finished?;
     drop(session);
     control.catalog.report_job_progress(&job.id, job.attempts, progress.done(), progress.total()).await?;
@@ -196,10 +196,19 @@ async fn copy_parent(control: &Control, job: &Job, parent_id: &str, root: &Path)
     Ok(())
 }
 
-/// Writes the copy's progress to the job until aborted.
-fn report_progress(control: &Control, job: &Job, progress: Arc<CopyProgress>) -> tokio::task::JoinHandle<()> {
+/// Stops the progress reports when the copy ends, however it ends.
+struct Reporter(tokio::task::JoinHandle<()>);
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes the copy's progress to the job until the returned reporter is dropped.
+fn report_progress(control: &Control, job: &Job, progress: Arc<CopyProgress>) -> Reporter {
     let (catalog, id, attempt) = (control.catalog.clone(), job.id.clone(), job.attempts);
-    tokio::spawn(async move {
+    Reporter(tokio::spawn(async move {
         loop {
             if let Err(e) = catalog.report_job_progress(&id, attempt, progress.done(), progress.total()).await
             {
@@ -207,7 +216,7 @@ fn report_progress(control: &Control, job: &Job, progress: Arc<CopyProgress>) ->
             }
             tokio::time::sleep(PROGRESS_EVERY).await;
         }
-    })
+    }))
 }
 
 /// A branch that could not be made for good is `failed` (its job says why) and keeps no
