@@ -1,5 +1,7 @@
 //! Branches of a project beyond `main`: made from a parent branch with all its data, its
-//! schema only, or nothing, each with its own instance. Creating, resetting and deleting a
+//! schema only, or nothing, each with its own instance. Preview databases are branches too
+//! (kind `preview`, id `prev_…`) with an expiry, made from a branch (never from a preview),
+//! listed apart and reaped when they expire. Creating, resetting and deleting a
 //! branch are jobs on the project (one at a time per project, like every job on it); each
 //! inserts its branch change and its job in one transaction, after checking under the
 //! project's advisory lock that no other job holds the project. A branch being deleted is
@@ -19,6 +21,12 @@ pub mod branch_state {
     pub const DELETING: &str = "deleting";
 }
 
+/// What a branch row is.
+pub mod branch_kind {
+    pub const BRANCH: &str = "branch";
+    pub const PREVIEW: &str = "preview";
+}
+
 /// The default branch every project has; it cannot be deleted or reset.
 pub const MAIN_BRANCH: &str = "main";
 
@@ -26,11 +34,14 @@ pub const MAIN_BRANCH: &str = "main";
 #[derive(Debug, Clone)]
 pub struct NewBranch {
     pub project_id: String,
-    pub name: String,
-    /// The parent's id or name.
+    /// `None` for a preview: it is named by its id.
+    pub name: Option<String>,
+    /// The parent's id or name (a branch, not a preview).
     pub parent: String,
     /// `full`, `schema` or `empty`.
     pub data: String,
+    /// Set for a preview: how long it lives.
+    pub ttl: Option<std::time::Duration>,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -66,7 +77,8 @@ pub enum BranchJob {
     Blocked(Job),
 }
 
-const VISIBLE: &str = "project_id = $1 AND state <> 'deleting' AND (id = $2 OR name = $2)";
+const VISIBLE: &str =
+    "project_id = $1 AND state <> 'deleting' AND (id = $2 OR name = $2) AND ($3::text IS NULL OR kind = $3)";
 
 /// Takes the project's advisory lock for this transaction and returns the job holding the
 /// project, if any (the same lock `enqueue_job` takes, so the two cannot both see it free).
@@ -78,6 +90,7 @@ async fn blocking_job(conn: &mut sqlx::PgConnection, project_id: &str) -> Result
 async fn visible(
     conn: &mut sqlx::PgConnection,
     project_id: &str,
+    kind: Option<&str>,
     id_or_name: &str,
 ) -> Result<Option<Branch>, CatalogError> {
     Ok(sqlx::query_as(&format!(
@@ -85,6 +98,7 @@ async fn visible(
     ))
     .bind(project_id)
     .bind(id_or_name)
+    .bind(kind)
     .fetch_optional(conn)
     .await?)
 }
@@ -100,7 +114,8 @@ impl Catalog {
         let mut tx = self.pool.begin().await?;
         // The advisory lock comes before any row lock, in every operation here.
         let blocking = blocking_job(&mut tx, &new.project_id).await?;
-        let Some(parent) = visible(&mut tx, &new.project_id, &new.parent).await? else {
+        let Some(parent) = visible(&mut tx, &new.project_id, Some(branch_kind::BRANCH), &new.parent).await?
+        else {
             return Ok(CreateBranch::ParentNotFound);
         };
         if let Some(blocking) = blocking {
@@ -109,15 +124,21 @@ impl Catalog {
         if parent.state != branch_state::READY {
             return Ok(CreateBranch::ParentNotReady(parent.state));
         }
+        let (id, kind) = match new.ttl {
+            Some(_) => (ids::generate(ids::PREVIEW), branch_kind::PREVIEW),
+            None => (ids::generate(ids::BRANCH), branch_kind::BRANCH),
+        };
         let inserted = sqlx::query_as(
-            "INSERT INTO branches (id, project_id, name, parent_id, data, state) \
-             VALUES ($1, $2, $3, $4, $5, 'creating') RETURNING *",
+            "INSERT INTO branches (id, project_id, name, parent_id, data, state, kind, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, 'creating', $6, now() + make_interval(secs => $7)) RETURNING *",
         )
-        .bind(ids::generate(ids::BRANCH))
+        .bind(&id)
         .bind(&new.project_id)
-        .bind(&new.name)
+        .bind(new.name.as_deref().unwrap_or(&id))
         .bind(&parent.id)
         .bind(&new.data)
+        .bind(kind)
+        .bind(new.ttl.map(|t| t.as_secs_f64()))
         .fetch_one(&mut *tx)
         .await;
         let branch: Branch = match inserted {
@@ -132,17 +153,29 @@ impl Catalog {
         Ok(CreateBranch::Created { branch, job })
     }
 
-    /// A visible branch of the project by id or name.
+    /// A visible branch or preview of the project by id or name (`kind`: only that kind).
     pub async fn find_branch(
         &self,
         project_id: &str,
+        kind: Option<&str>,
         id_or_name: &str,
     ) -> Result<Option<Branch>, CatalogError> {
         Ok(sqlx::query_as(&format!("SELECT * FROM branches WHERE {VISIBLE} ORDER BY id = $2 DESC LIMIT 1"))
             .bind(project_id)
             .bind(id_or_name)
+            .bind(kind)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    /// Previews whose time is up and that are not being deleted yet.
+    pub async fn expired_previews(&self) -> Result<Vec<Branch>, CatalogError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM branches WHERE kind = 'preview' AND state <> 'deleting' AND expires_at <= now() \
+             ORDER BY expires_at",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// A branch by id whatever its state (for job handlers).
@@ -150,15 +183,21 @@ impl Catalog {
         Ok(sqlx::query_as("SELECT * FROM branches WHERE id = $1").bind(id).fetch_optional(&self.pool).await?)
     }
 
-    /// Visible branches of a project, oldest first (`main` is the first).
-    pub async fn list_branches(&self, project_id: &str, page: &Page) -> Result<Vec<Branch>, CatalogError> {
+    /// Visible branches (or previews) of a project, oldest first (`main` is the first branch).
+    pub async fn list_branches(
+        &self,
+        project_id: &str,
+        kind: &str,
+        page: &Page,
+    ) -> Result<Vec<Branch>, CatalogError> {
         Ok(sqlx::query_as(
-            "SELECT * FROM branches WHERE project_id = $1 AND state <> 'deleting' AND id > $2 \
+            "SELECT * FROM branches WHERE project_id = $1 AND kind = $4 AND state <> 'deleting' AND id > $2 \
              ORDER BY id LIMIT $3",
         )
         .bind(project_id)
         .bind(page.after.as_deref().unwrap_or(""))
         .bind(page.limit_plus_one())
+        .bind(kind)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -168,12 +207,13 @@ impl Catalog {
     pub async fn delete_branch(
         &self,
         project_id: &str,
+        kind: &str,
         id_or_name: &str,
         job: impl FnOnce(&Branch) -> NewJob,
     ) -> Result<BranchJob, CatalogError> {
         let mut tx = self.pool.begin().await?;
         let blocking = blocking_job(&mut tx, project_id).await?;
-        let Some(branch) = visible(&mut tx, project_id, id_or_name).await? else {
+        let Some(branch) = visible(&mut tx, project_id, Some(kind), id_or_name).await? else {
             return Ok(BranchJob::NotFound);
         };
         if branch.name == MAIN_BRANCH {
@@ -211,7 +251,7 @@ impl Catalog {
     ) -> Result<BranchJob, CatalogError> {
         let mut tx = self.pool.begin().await?;
         let blocking = blocking_job(&mut tx, project_id).await?;
-        let Some(branch) = visible(&mut tx, project_id, id_or_name).await? else {
+        let Some(branch) = visible(&mut tx, project_id, Some(branch_kind::BRANCH), id_or_name).await? else {
             return Ok(BranchJob::NotFound);
         };
         if branch.name == MAIN_BRANCH || branch.parent_id.is_none() {

@@ -8,6 +8,7 @@ const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 pub const ORGANIZATION: &str = "org_";
 pub const PROJECT: &str = "proj_";
 pub const BRANCH: &str = "br_";
+pub const PREVIEW: &str = "prev_";
 pub const ROLE: &str = "role_";
 pub const API_KEY: &str = "key_";
 pub const JOB: &str = "job_";

@@ -116,7 +116,8 @@ pub struct Fenced {
 pub(crate) async fn insert(conn: &mut PgConnection, job: &NewJob) -> Result<Job, CatalogError> {
     Ok(sqlx::query_as(
         "INSERT INTO jobs (id, type, state, max_attempts, cluster_id, locked_resource, payload, \
-         organization_id, project_id) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8) RETURNING *",
+         organization_id, project_id, preview_database_id) \
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9) RETURNING *",
     )
     .bind(ids::generate(ids::JOB))
     .bind(&job.kind)
@@ -126,6 +127,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, job: &NewJob) -> Result<Job,
     .bind(&job.payload)
     .bind(&job.organization_id)
     .bind(&job.project_id)
+    // A job on a preview's instance names the preview.
+    .bind(job.cluster_id.as_deref().filter(|c| ids::is_id(c, ids::PREVIEW)))
     .fetch_one(conn)
     .await?)
 }

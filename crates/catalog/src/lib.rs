@@ -24,7 +24,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use branches::{BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, branch_state};
+pub use branches::{BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, branch_kind, branch_state};
 pub use error::CatalogError;
 pub use idempotency::{Idempotency, StoredResponse};
 pub use jobs::state as job_state;

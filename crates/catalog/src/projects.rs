@@ -57,6 +57,10 @@ pub struct Branch {
     /// `creating`, `ready`, `failed` or `deleting`.
     pub state: String,
     pub updated_at: DateTime<Utc>,
+    /// `branch`, or `preview` (a branch with a time to live, id `prev_…`).
+    pub kind: String,
+    /// When a preview is reaped.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, sqlx::FromRow)]

@@ -13,6 +13,7 @@ pub mod events;
 pub mod handlers;
 pub mod instances;
 pub mod names;
+pub mod reaper;
 pub mod views;
 pub mod worker;
 

@@ -32,8 +32,8 @@ pub fn validate_branch_name(name: &str) -> Result<(), ApiError> {
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(ApiError::invalid("name may hold only letters, digits, `_` and `-`"));
     }
-    if catalog::ids::is_id(name, catalog::ids::BRANCH) {
-        return Err(ApiError::invalid("name may not have the shape of a branch id"));
+    if catalog::ids::is_id(name, catalog::ids::BRANCH) || catalog::ids::is_id(name, catalog::ids::PREVIEW) {
+        return Err(ApiError::invalid("name may not have the shape of a branch or preview id"));
     }
     Ok(())
 }
@@ -82,7 +82,8 @@ mod tests {
             assert!(validate_branch_name(ok).is_ok(), "{ok}");
         }
         let id = catalog::ids::generate(catalog::ids::BRANCH);
-        for bad in ["", "a.b", "a/b", "..", "sp ace", "é", &"x".repeat(49), &id] {
+        let preview = catalog::ids::generate(catalog::ids::PREVIEW);
+        for bad in ["", "a.b", "a/b", "..", "sp ace", "é", &"x".repeat(49), &id, &preview] {
             assert!(validate_branch_name(bad).is_err(), "{bad}");
         }
     }

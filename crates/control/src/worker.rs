@@ -70,6 +70,7 @@ impl Worker {
         if requeued > 0 {
             tracing::warn!(worker = %self.name, jobs = requeued, "requeued jobs whose lease expired");
         }
+        crate::reaper::reap_expired(&self.control).await?;
         let Some(job) = catalog.claim_job(&self.name, self.control.worker.lease).await? else {
             return Ok(false);
         };

@@ -447,3 +447,94 @@ async fn a_branch_that_cannot_be_copied_fails_cleanly_and_can_be_deleted() {
     let routed = h.control.catalog.route_snapshot().await.unwrap();
     assert!(routed.iter().any(|r| r.database == "shop.dev" && r.dbname == "shop"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_is_a_branch_with_a_time_to_live_reaped_when_it_expires() {
+    let h = harness().await;
+    let main = ready_project(&h, "shop").await;
+    let owner = connect(&h, &main, "shop_owner", "shop").await;
+    owner.batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)").await.unwrap();
+
+    for (body, status) in [
+        (r#"{"ttl_seconds":0}"#, 422),
+        (r#"{"ttl_seconds":-5}"#, 422),
+        (r#"{"ttl_seconds":2592001}"#, 422),
+        (r#"{}"#, 422),
+        (r#"{"ttl_seconds":60,"mode":"schema"}"#, 422),
+        (r#"{"ttl_seconds":60,"source_branch":"nope"}"#, 422),
+        (r#"{"ttl_seconds":60,"name":"a.b"}"#, 422),
+    ] {
+        let (got, json) = h.post("/v1/projects/shop/preview-databases", body).await;
+        assert_eq!(got.as_u16(), status, "{body}: {json}");
+    }
+
+    // A long-lived empty preview and a clone that lives two seconds.
+    let (status, kept) = h
+        .post("/v1/projects/shop/preview-databases", r#"{"ttl_seconds":3600,"mode":"empty","name":"pr-7"}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{kept}");
+    h.drain_jobs().await;
+    let (status, created) = h.post("/v1/projects/shop/preview-databases", r#"{"ttl_seconds":2}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["job"]["type"], "create_preview");
+    let id = created["preview"]["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("prev_"), "{created}");
+    assert_eq!(created["job"]["preview_database_id"], id.as_str());
+    assert_eq!(created["preview"]["mode"], "clone");
+    h.drain_jobs().await;
+    let (_, preview) = h.get(&format!("/v1/preview-databases/{id}")).await;
+    assert_eq!(preview["state"], "ready", "{preview}");
+    assert_eq!(preview["database"], format!("shop.{id}"));
+    let (_, c) = h.get(&format!("/v1/preview-databases/{id}/connections")).await;
+    assert!(c["connections"]["pooled_url"].as_str().unwrap().contains(&format!(":6432/shop.{id}?")), "{c}");
+    assert_eq!(c["connections"]["username"], "shop_owner");
+    let copy = connect(&h, &id, "shop_owner", "shop").await;
+    assert_eq!(count(&copy, "SELECT count(*) FROM t").await, 2);
+    let (_, list) = h.get("/v1/projects/shop/preview-databases").await;
+    assert_eq!(list["preview_databases"].as_array().unwrap().len(), 2, "{list}");
+    let (_, branches) = h.get("/v1/projects/shop/branches").await;
+    assert_eq!(branches["branches"].as_array().unwrap().len(), 1, "previews are not listed as branches");
+    let routes = h.control.catalog.route_snapshot().await.unwrap();
+    assert!(routes.iter().any(|r| r.database == format!("shop.{id}")));
+
+    // Once expired, the worker reaps it: gone from the API and the routes, its instance
+    // removed and its sessions ended; the other preview stays.
+    let expires: chrono::DateTime<chrono::Utc> = preview["expires_at"].as_str().unwrap().parse().unwrap();
+    let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
+    h.drain_jobs().await;
+    let (status, _) = h.get(&format!("/v1/preview-databases/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, jobs) = h.get("/v1/jobs?limit=100").await;
+    let reap =
+        jobs["jobs"].as_array().unwrap().iter().find(|j| j["type"] == "reap_preview").expect("a reap job");
+    assert_eq!(reap["state"], "succeeded", "{reap}");
+    assert_eq!(reap["preview_database_id"], id.as_str());
+    assert!(!h.control.instances.root(&id).exists(), "the expired preview's instance remains");
+    assert!(copy.batch_execute("SELECT 1").await.is_err(), "a session on the reaped preview survived");
+    let routes = h.control.catalog.route_snapshot().await.unwrap();
+    assert!(!routes.iter().any(|r| r.database == format!("shop.{id}")));
+    let (_, list) = h.get("/v1/projects/shop/preview-databases").await;
+    assert_eq!(list["preview_databases"].as_array().unwrap().len(), 1, "{list}");
+
+    // Deleting by id; a key of another project sees nothing.
+    let kept_id = kept["preview"]["id"].as_str().unwrap();
+    let (_, blog) = h.post("/v1/projects", r#"{"name":"blog"}"#).await;
+    let other = key(&h.control, &h.org, Some(blog["project"]["id"].as_str().unwrap()), &Scope::ALL).await;
+    for path in
+        [format!("/v1/preview-databases/{kept_id}"), format!("/v1/preview-databases/{kept_id}/connections")]
+    {
+        let (status, _) = h.call(Method::GET, &path, Some(&other), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (status, _) =
+        h.call(Method::DELETE, &format!("/v1/preview-databases/{kept_id}"), Some(&other), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) =
+        h.call(Method::DELETE, &format!("/v1/preview-databases/{kept_id}"), Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["job"]["type"], "delete_preview");
+    h.drain_jobs().await;
+    let (status, _) = h.get(&format!("/v1/preview-databases/{kept_id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

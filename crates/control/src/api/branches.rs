@@ -11,7 +11,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use catalog::{Branch, BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, NewJob, Scope, project_state};
+use catalog::{
+    Branch, BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, NewJob, Scope, branch_kind, project_state,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -169,9 +171,10 @@ pub async fn create(
         let parent = req.parent.clone().unwrap_or_else(|| MAIN_BRANCH.to_owned());
         let new = NewBranch {
             project_id: project.id.clone(),
-            name: req.name.clone(),
+            name: Some(req.name.clone()),
             parent: parent.clone(),
             data: req.data.as_str().to_owned(),
+            ttl: None,
         };
         let max_attempts = control.max_attempts;
         match control.catalog.create_branch(&new, |b| branch_job(CREATE_BRANCH, b, &project, max_attempts)).await? {
@@ -207,7 +210,7 @@ pub async fn list(
     caller.require(Scope::ProjectsRead)?;
     let page = query(q)?.page();
     let project = find(&control, &caller, &id).await?;
-    let rows = control.catalog.list_branches(&project.id, &page).await?;
+    let rows = control.catalog.list_branches(&project.id, branch_kind::BRANCH, &page).await?;
     let (rows, next_cursor) = page.finish(rows, |b| &b.id);
     let branches = rows.into_iter().map(|b| BranchView::new(b, &project.name)).collect();
     Ok(Json(BranchList { branches, next_cursor }))
@@ -227,7 +230,7 @@ pub async fn get(
     let project = find(&control, &caller, &id).await?;
     let branch = control
         .catalog
-        .find_branch(&project.id, &branch)
+        .find_branch(&project.id, Some(branch_kind::BRANCH), &branch)
         .await?
         .ok_or_else(|| ApiError::not_found("branch"))?;
     Ok(Json(BranchView::new(branch, &project.name)))
@@ -276,7 +279,9 @@ pub async fn delete(
     let max_attempts = control.max_attempts;
     let outcome = control
         .catalog
-        .delete_branch(&project.id, &branch, |b| branch_job(DELETE_BRANCH, b, &project, max_attempts))
+        .delete_branch(&project.id, branch_kind::BRANCH, &branch, |b| {
+            branch_job(DELETE_BRANCH, b, &project, max_attempts)
+        })
         .await?;
     started(outcome, &project.name, "deleted").map(|(s, body)| (s, Json(body)))
 }

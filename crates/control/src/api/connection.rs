@@ -72,7 +72,7 @@ async fn credentials(
     let project = find(control, caller, id).await?;
     let branch = control
         .catalog
-        .find_branch(&project.id, branch.unwrap_or(catalog::MAIN_BRANCH))
+        .find_branch(&project.id, None, branch.unwrap_or(catalog::MAIN_BRANCH))
         .await?
         .ok_or_else(|| ApiError::not_found("branch"))?;
     let username = owner_role(&project.name);
@@ -138,14 +138,24 @@ pub async fn connections(
 ) -> Result<Json<Connections>, ApiError> {
     caller.require(Scope::CredentialsRead)?;
     let q = query(q)?;
-    let (creds, _) = credentials(&control, &caller, &id, q.branch.as_deref()).await?;
-    Ok(Json(Connections {
+    Ok(Json(connection_set(&control, &caller, &id, q.branch.as_deref()).await?))
+}
+
+/// Both URLs of a project's branch (or preview).
+pub(crate) async fn connection_set(
+    control: &Control,
+    caller: &Caller,
+    project: &str,
+    branch: Option<&str>,
+) -> Result<Connections, ApiError> {
+    let (creds, _) = credentials(control, caller, project, branch).await?;
+    Ok(Connections {
         connections: ConnectionSet {
-            direct_url: uri(&control, &creds, false),
-            pooled_url: uri(&control, &creds, true),
+            direct_url: uri(control, &creds, false),
+            pooled_url: uri(control, &creds, true),
             username: creds.username,
         },
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod idempotency;
 mod jobs;
 mod keys;
 mod openapi;
+pub(crate) mod previews;
 mod projects;
 
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/projects/{id}/branches", get(branches::list).post(branches::create))
         .route("/v1/projects/{id}/branches/{branch}", get(branches::get).delete(branches::delete))
         .route("/v1/projects/{id}/branches/{branch}/reset", axum::routing::post(branches::reset))
+        .route("/v1/projects/{id}/preview-databases", get(previews::list).post(previews::create))
+        .route("/v1/preview-databases/{id}", get(previews::get).delete(previews::delete))
+        .route("/v1/preview-databases/{id}/connections", get(previews::connections))
         .route("/v1/projects/{id}/connection", get(connection::connection))
         .route("/database/v1/projects/{id}/connection", get(connection::connection))
         .route("/v1/projects/{id}/connections", get(connection::connections))

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Berth API", description = "Projects, branches, connection strings, jobs and API keys of a Berth control plane."),
+    info(title = "Berth API", description = "Projects, branches, preview databases, connection strings, jobs and API keys of a Berth control plane."),
     paths(
         super::projects::create,
         super::projects::list,
@@ -19,6 +19,11 @@ use utoipa::{Modify, OpenApi};
         super::branches::get,
         super::branches::delete,
         super::branches::reset,
+        super::previews::create,
+        super::previews::list,
+        super::previews::get,
+        super::previews::delete,
+        super::previews::connections,
         super::connection::connection,
         super::connection::connections,
         super::credentials::rotate,

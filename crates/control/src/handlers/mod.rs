@@ -18,6 +18,10 @@ pub const ROTATE_CREDENTIALS: &str = "rotate_credentials";
 pub const CREATE_BRANCH: &str = "create_branch";
 pub const RESET_BRANCH: &str = "reset_branch";
 pub const DELETE_BRANCH: &str = "delete_branch";
+pub const CREATE_PREVIEW: &str = "create_preview";
+pub const DELETE_PREVIEW: &str = "delete_preview";
+/// A preview deleted because its time to live ran out.
+pub const REAP_PREVIEW: &str = "reap_preview";
 
 /// A failed attempt, with what an external command printed when one failed.
 #[derive(Debug, Clone)]
@@ -75,9 +79,9 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
         PROVISION_PROJECT => provision::run(control, job).await,
         DELETE_PROJECT => delete::run(control, job).await,
         ROTATE_CREDENTIALS => rotate::run(control, job).await,
-        CREATE_BRANCH => branch::create(control, job).await,
+        CREATE_BRANCH | CREATE_PREVIEW => branch::create(control, job).await,
         RESET_BRANCH => branch::reset(control, job).await,
-        DELETE_BRANCH => branch::delete(control, job).await,
+        DELETE_BRANCH | DELETE_PREVIEW | REAP_PREVIEW => branch::delete(control, job).await,
         other => Err(JobError::permanent(format!("unknown job type {other:?}"))),
     }
 }
@@ -86,7 +90,7 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
 pub async fn after_failure(control: &Control, job: &Job) {
     match job.kind.as_str() {
         PROVISION_PROJECT => provision::after_failure(control, job).await,
-        CREATE_BRANCH => branch::after_create_failure(control, job).await,
+        CREATE_BRANCH | CREATE_PREVIEW => branch::after_create_failure(control, job).await,
         RESET_BRANCH => branch::after_reset_failure(control, job).await,
         _ => {}
     }
