@@ -8,6 +8,7 @@ mod client;
 mod datadir;
 mod key_check;
 mod proxy_cmd;
+mod registered;
 mod route_sync;
 mod signals;
 mod tunnel;

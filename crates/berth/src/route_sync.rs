@@ -62,6 +62,7 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
             limits,
             pool,
             api_key_access,
+            auth_query: None,
         };
         databases.insert(e.database, database);
     }
@@ -105,10 +106,29 @@ fn pool_config(json: &serde_json::Value, max_pooled: Option<i32>) -> PoolConfig 
     }
 }
 
-async fn reload(catalog: &Catalog, instances: &Instances, proxy: &Proxy, why: &str) {
-    match catalog.route_snapshot().await {
-        Ok(entries) => {
-            let table = route_table(entries, instances);
+/// The whole table: every branch's route and every registered upstream's.
+pub async fn snapshot(
+    catalog: &Catalog,
+    instances: &Instances,
+    key: &catalog::MasterKey,
+) -> Result<RouteTable, catalog::CatalogError> {
+    let mut table = route_table(catalog.route_snapshot().await?, instances);
+    let registered = crate::registered::databases(catalog.registered_routes().await?, key);
+    for name in table.extend(registered) {
+        tracing::warn!(database = %name, "registered database id already routed; skipped");
+    }
+    Ok(table)
+}
+
+async fn reload(
+    catalog: &Catalog,
+    instances: &Instances,
+    key: &catalog::MasterKey,
+    proxy: &Proxy,
+    why: &str,
+) {
+    match snapshot(catalog, instances, key).await {
+        Ok(table) => {
             let before = proxy.routes().len();
             let after = table.len();
             proxy.set_routes(table);
@@ -123,7 +143,14 @@ async fn reload(catalog: &Catalog, instances: &Instances, proxy: &Proxy, why: &s
 }
 
 /// Follows the catalog until `shutdown`.
-pub async fn run(catalog: Catalog, instances: Arc<Instances>, proxy: Proxy, shutdown: CancellationToken) {
+pub async fn run(
+    catalog: Catalog,
+    instances: Arc<Instances>,
+    control: Arc<control::Control>,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+) {
+    let key = &control.master_key;
     let mut tick = tokio::time::interval(FULL_RELOAD);
     tick.tick().await;
     loop {
@@ -140,7 +167,7 @@ pub async fn run(catalog: Catalog, instances: Arc<Instances>, proxy: Proxy, shut
                 None
             }
         };
-        reload(&catalog, &instances, &proxy, "listening").await;
+        reload(&catalog, &instances, key, &proxy, "listening").await;
         loop {
             let notified = async {
                 match listener.as_mut() {
@@ -151,11 +178,11 @@ pub async fn run(catalog: Catalog, instances: Arc<Instances>, proxy: Proxy, shut
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    reload(&catalog, &instances, &proxy, "periodic").await;
+                    reload(&catalog, &instances, key, &proxy, "periodic").await;
                     if listener.is_none() { break; }
                 }
                 n = notified => match n {
-                    Ok(Some(_)) => reload(&catalog, &instances, &proxy, "catalog changed").await,
+                    Ok(Some(_)) => reload(&catalog, &instances, key, &proxy, "catalog changed").await,
                     // Connection lost (notifications may be lost with it) or an error:
                     // reconnect, and reload once listening again.
                     Ok(None) | Err(_) => {

@@ -86,7 +86,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
 
     // The proxy, with routes from the catalog from the first connection on.
-    let routes = crate::route_sync::route_table(catalog.route_snapshot().await?, &instances);
+    let routes = crate::route_sync::snapshot(&catalog, &instances, &control.master_key).await?;
+    let _ = control.upstream_probe.set(Arc::new(crate::registered::Probe));
     let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
     proxy.set_api_keys(Arc::new(crate::key_check::CatalogKeys { catalog: catalog.clone() }));
     let serve_direct = tokio::spawn({
@@ -98,6 +99,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tasks.spawn(crate::route_sync::run(
         catalog.clone(),
         Arc::clone(&instances),
+        Arc::clone(&control),
         proxy.clone(),
         shutdown.clone(),
     ));

@@ -12,6 +12,7 @@ pub const PREVIEW: &str = "prev_";
 pub const ROLE: &str = "role_";
 pub const API_KEY: &str = "key_";
 pub const JOB: &str = "job_";
+pub const DATABASE: &str = "db_";
 
 /// A new id with `prefix`: 10 characters of time, 16 of randomness.
 pub fn generate(prefix: &str) -> String {

@@ -15,6 +15,7 @@ mod keys;
 mod orgs;
 mod page;
 mod projects;
+mod registered;
 mod routes;
 mod secret;
 
@@ -36,6 +37,7 @@ pub use projects::state as project_state;
 pub use projects::{
     Branch, CreateProject, DeleteProject, NewProject, NewRole, Project, ProjectLimits, ProjectRole,
 };
+pub use registered::{RegisteredDatabase, RegisteredRoute, RegisteredUpdate};
 pub use routes::{RouteEntry, RouteRole, branch_database};
 pub use secret::{MasterKey, Secret};
 

@@ -45,6 +45,8 @@ pub struct Control {
     pub worker: WorkerSettings,
     /// Attempts a provisioning job gets.
     pub max_attempts: i32,
+    /// Checks registered upstreams' credentials; set by the binary.
+    pub upstream_probe: std::sync::OnceLock<Arc<dyn api::UpstreamProbe>>,
 }
 
 impl Control {
@@ -63,6 +65,7 @@ impl Control {
             events: JobEvents::default(),
             worker,
             max_attempts: 3,
+            upstream_probe: std::sync::OnceLock::new(),
         })
     }
 }

@@ -40,10 +40,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let LoggedIn { mut client, startup, db, user, keys, count } = li;
-    let role = db.roles.get(&user).expect("authentication succeeds only for a known role");
+    let role = db.role(&user).expect("authentication succeeds only for a known role");
     let up = match crate::upstream::connect(
         &db,
-        role,
+        &role,
         &startup.params,
         keys.as_ref(),
         shared.settings.connect_timeout,

@@ -6,6 +6,7 @@ mod activity;
 pub mod admin;
 pub mod apikey;
 mod auth;
+pub mod auth_query;
 pub mod cancel;
 pub mod clients;
 pub mod config;

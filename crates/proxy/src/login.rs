@@ -136,10 +136,35 @@ where
     }
     let routes = shared.routes.load_full();
     let db = routes.get(&db_name).cloned();
-    let verifiers = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
+    let listed = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
+    let looked_up = listed.is_none() && db.as_ref().is_some_and(|d| d.auth_query.is_some());
+    let verifiers = match (&db, looked_up) {
+        (Some(d), true) => {
+            let aq = d.auth_query.as_ref().expect("checked above");
+            match shared.verifiers.verifier(d, aq, &user, shared.settings.connect_timeout).await {
+                Ok(v) => v.map(|v| vec![v]),
+                Err(detail) => {
+                    tracing::warn!(database = %d.name, %detail, "auth query failed");
+                    let e = SessionError::fatal(
+                        ErrorKind::Upstream,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        format!("database \"{}\" is not available right now", d.name),
+                    );
+                    return Err(send_error(&mut client, e).await);
+                }
+            }
+        }
+        _ => listed,
+    };
     let keys = match authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
         Ok(k) => k,
-        Err(e) => return Err(send_error(&mut client, e).await),
+        Err(e) => {
+            if looked_up {
+                // The password may have changed upstream: fetch the verifier again next time.
+                shared.verifiers.forget(&db_name, &user);
+            }
+            return Err(send_error(&mut client, e).await);
+        }
     };
     let db = db.expect("authentication succeeds only for a known database");
     session_login(client, startup, db, user, Some(keys), shared).await

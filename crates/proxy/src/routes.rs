@@ -24,6 +24,19 @@ impl RouteTable {
         RouteTable { databases: databases.into_iter().map(|d| (d.name.clone(), Arc::new(d))).collect() }
     }
 
+    /// Adds databases; one whose name is already routed is skipped (and returned).
+    pub fn extend(&mut self, more: impl IntoIterator<Item = Database>) -> Vec<String> {
+        let mut skipped = Vec::new();
+        for d in more {
+            if self.databases.contains_key(&d.name) {
+                skipped.push(d.name);
+            } else {
+                self.databases.insert(d.name.clone(), Arc::new(d));
+            }
+        }
+        skipped
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Database>> {
         self.databases.get(name)
     }
@@ -96,6 +109,7 @@ impl RouteTable {
                 roles,
                 pool: section.pool.clone(),
                 api_key_access: None,
+                auth_query: None,
                 limits: Limits {
                     max_client_connections: section.max_client_connections,
                     query_timeout: section.query_timeout.map(|s| s.0),
@@ -120,6 +134,24 @@ pub struct Database {
     pub pool: PoolConfig,
     /// Which API keys may log in (as which role); `None` for databases of the TOML file.
     pub api_key_access: Option<crate::apikey::KeyAccess>,
+    /// For registered upstreams: roles not listed in `roles` are looked up on the upstream.
+    pub auth_query: Option<crate::auth_query::AuthQuery>,
+}
+
+impl Database {
+    /// The role a session logs in upstream as: a listed one, or (with an auth query) any
+    /// role, which then logs in with the keys of the client's own SCRAM exchange.
+    pub fn role(&self, name: &str) -> Option<std::borrow::Cow<'_, Role>> {
+        match self.roles.get(name) {
+            Some(r) => Some(std::borrow::Cow::Borrowed(r)),
+            None if self.auth_query.is_some() => Some(std::borrow::Cow::Owned(Role {
+                name: name.to_owned(),
+                verifiers: Vec::new(),
+                upstream_password: None,
+            })),
+            None => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +171,7 @@ impl Database {
             limits: Limits::default(),
             pool: PoolConfig::default(),
             api_key_access: None,
+            auth_query: None,
         }
     }
 }
@@ -252,7 +285,7 @@ impl SslMode {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Role {
     pub name: String,
     /// Every verifier that is valid now. During a rotation there are two, sharing salt and

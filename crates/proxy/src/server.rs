@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub classify: crate::pool::classify::ClassifyCache,
     /// Checks API-key logins; without it `apikey` is an ordinary user name.
     pub api_keys: OnceLock<Arc<dyn crate::apikey::ApiKeys>>,
+    /// Verifiers of registered upstreams' roles, fetched by auth query.
+    pub verifiers: crate::auth_query::VerifierCache,
     deadline: OnceLock<Instant>,
     connections: Arc<Semaphore>,
     /// Connections being refused (TLS and startup only, then 53300).
@@ -137,6 +139,7 @@ impl Proxy {
                 reload_hook: arc_swap::ArcSwapOption::empty(),
                 classify: crate::pool::classify::ClassifyCache::new(10_000),
                 api_keys: OnceLock::new(),
+                verifiers: Default::default(),
                 deadline: OnceLock::new(),
                 connections,
                 refusals: Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS)),

@@ -53,6 +53,7 @@ pub fn route(name: &str, pg: &TestPg, dbname: &str, roles: &[(&str, &str)], limi
         limits,
         pool: proxy::PoolConfig::default(),
         api_key_access: None,
+        auth_query: None,
     }
 }
 

@@ -5,6 +5,7 @@
 mod branches;
 mod connection;
 mod credentials;
+mod databases;
 mod idempotency;
 mod jobs;
 mod keys;
@@ -26,6 +27,7 @@ use utoipa::IntoParams;
 use crate::Control;
 use crate::error::ApiError;
 
+pub use databases::{SSL_MODES, Upstream, UpstreamProbe};
 pub use openapi::ApiDoc;
 
 pub fn router(control: Arc<Control>) -> Router {
@@ -39,6 +41,11 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/projects/{id}/preview-databases", get(previews::list).post(previews::create))
         .route("/v1/preview-databases/{id}", get(previews::get).delete(previews::delete))
         .route("/v1/preview-databases/{id}/connections", get(previews::connections))
+        .route("/v1/projects/{id}/databases", get(databases::list).post(databases::create))
+        .route(
+            "/v1/projects/{id}/databases/{database}",
+            get(databases::get).patch(databases::update).delete(databases::delete),
+        )
         .route("/v1/projects/{id}/connection", get(connection::connection))
         .route("/database/v1/projects/{id}/connection", get(connection::connection))
         .route("/v1/projects/{id}/connections", get(connection::connections))

@@ -277,12 +277,11 @@ impl Pool {
         let slot = self.slot(id);
         let db = self.database();
         let role = db
-            .roles
-            .get(&self.key.role)
+            .role(&self.key.role)
             .ok_or_else(|| SessionError::protocol(format!("role {} is no longer routed", self.key.role)))?;
         let keys = self.keys.lock().expect("pool keys poisoned").clone();
         let generation = self.generation.load(Ordering::Acquire);
-        let up = crate::upstream::connect(&db, role, &[], keys.as_ref(), self.connect_timeout).await?;
+        let up = crate::upstream::connect(&db, &role, &[], keys.as_ref(), self.connect_timeout).await?;
         let params = parameter_statuses(&up.startup_frames);
         if !params.is_empty() {
             *self.base_params.lock().expect("pool params poisoned") = params;

@@ -1,0 +1,136 @@
+//! Registered upstreams (`db_…`): databases a user runs elsewhere and serves through Berth's
+//! proxy. Rows carry the sealed password; callers unseal it only to connect.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{Catalog, CatalogError, Page};
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RegisteredDatabase {
+    pub id: String,
+    pub project_id: String,
+    pub host: String,
+    pub port: i32,
+    pub name: String,
+    pub username: String,
+    #[serde(skip)]
+    pub password_ciphertext: Vec<u8>,
+    pub ssl_mode: String,
+    pub role: String,
+    pub pool_region: String,
+    pub cache_config: serde_json::Value,
+    pub pool_config: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A registered database with its project's organization, for the route table.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RegisteredRoute {
+    pub organization_id: String,
+    #[sqlx(flatten)]
+    pub database: RegisteredDatabase,
+}
+
+/// What PATCH may change; `None` keeps the stored value.
+#[derive(Debug, Default)]
+pub struct RegisteredUpdate {
+    pub cache_config: Option<serde_json::Value>,
+    pub pool_config: Option<serde_json::Value>,
+    pub pool_region: Option<String>,
+}
+
+impl Catalog {
+    pub async fn insert_registered_database(
+        &self,
+        db: &RegisteredDatabase,
+    ) -> Result<RegisteredDatabase, CatalogError> {
+        Ok(sqlx::query_as(
+            "INSERT INTO registered_databases (id, project_id, host, port, name, username, password_ciphertext, \
+             ssl_mode, role, pool_region, cache_config, pool_config) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
+        )
+        .bind(&db.id)
+        .bind(&db.project_id)
+        .bind(&db.host)
+        .bind(db.port)
+        .bind(&db.name)
+        .bind(&db.username)
+        .bind(&db.password_ciphertext)
+        .bind(&db.ssl_mode)
+        .bind(&db.role)
+        .bind(&db.pool_region)
+        .bind(&db.cache_config)
+        .bind(&db.pool_config)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn registered_database(
+        &self,
+        project_id: &str,
+        id: &str,
+    ) -> Result<Option<RegisteredDatabase>, CatalogError> {
+        Ok(sqlx::query_as("SELECT * FROM registered_databases WHERE project_id = $1 AND id = $2")
+            .bind(project_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn list_registered_databases(
+        &self,
+        project_id: &str,
+        page: &Page,
+    ) -> Result<Vec<RegisteredDatabase>, CatalogError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM registered_databases WHERE project_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(project_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(page.limit_plus_one())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn update_registered_database(
+        &self,
+        project_id: &str,
+        id: &str,
+        update: &RegisteredUpdate,
+    ) -> Result<Option<RegisteredDatabase>, CatalogError> {
+        Ok(sqlx::query_as(
+            "UPDATE registered_databases SET cache_config = coalesce($3, cache_config), \
+             pool_config = coalesce($4, pool_config), pool_region = coalesce($5, pool_region), \
+             updated_at = now() WHERE project_id = $1 AND id = $2 RETURNING *",
+        )
+        .bind(project_id)
+        .bind(id)
+        .bind(&update.cache_config)
+        .bind(&update.pool_config)
+        .bind(&update.pool_region)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// True when a row was deleted.
+    pub async fn delete_registered_database(&self, project_id: &str, id: &str) -> Result<bool, CatalogError> {
+        let done = sqlx::query("DELETE FROM registered_databases WHERE project_id = $1 AND id = $2")
+            .bind(project_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every registered database of a ready project, for the route table.
+    pub async fn registered_routes(&self) -> Result<Vec<RegisteredRoute>, CatalogError> {
+        Ok(sqlx::query_as(
+            "SELECT p.organization_id, d.* FROM registered_databases d JOIN projects p ON p.id = d.project_id \
+             WHERE p.state = 'ready' ORDER BY d.id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
