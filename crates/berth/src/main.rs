@@ -33,6 +33,8 @@ enum Command {
     Projects(client::ProjectsArgs),
     /// Create, list, show, reset and delete a project's branches.
     Branches(client::BranchesArgs),
+    /// Create, list, show and delete preview databases (branches with a time to live).
+    Previews(client::PreviewsArgs),
     /// Print a project's connection string.
     Connection(client::ConnectionArgs),
     /// Rotate a project's credentials.
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => serve(Box::pin(proxy_cmd::run(args))),
         Command::Projects(args) => client::projects(args),
         Command::Branches(args) => client::branches(args),
+        Command::Previews(args) => client::previews(args),
         Command::Connection(args) => client::connection(args),
         Command::Credentials(args) => client::credentials(args),
         Command::Jobs(args) => client::jobs(args),

@@ -190,6 +190,19 @@ fn a_branch_is_served_as_project_dot_branch_through_the_proxy() {
     let new_dev_uri = up.cli(&["connection", "shop", "--branch", "dev"]);
     assert_eq!(psql(&new_dev_uri, "SELECT count(*) FROM t").unwrap(), "4");
 
+    // A preview database through the CLI: reachable with the project's credentials.
+    let created = up.cli(&["previews", "create", "shop", "--ttl", "1h", "--source", "dev", "--json"]);
+    let preview: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(preview["state"], "ready", "{preview}");
+    let preview_id = preview["id"].as_str().unwrap();
+    let preview_uri = up.cli(&["previews", "connection", preview_id, "--pooled"]);
+    assert!(preview_uri.contains(&format!("/shop.{preview_id}?")), "{preview_uri}");
+    eventually("the preview is routed", || {
+        psql(&preview_uri, "SELECT count(*) FROM t").as_deref() == Ok("4")
+    });
+    up.cli(&["previews", "delete", preview_id]);
+    eventually("the deleted preview is no longer routed", || psql(&preview_uri, "SELECT 1").is_err());
+
     // A deleted branch is no longer routed.
     up.cli(&["branches", "delete", "shop", "dev"]);
     eventually("shop.dev is no longer routed", || psql(&new_dev_uri, "SELECT 1").is_err());

@@ -87,7 +87,7 @@ fn rows(branches: &[Value]) {
 }
 
 /// Waits for a job, with a progress bar when someone watches; fails with the job's error.
-fn wait(api: &Api, job: &Value, what: &str) -> anyhow::Result<Value> {
+pub(super) fn wait(api: &Api, job: &Value, what: &str) -> anyhow::Result<Value> {
     if !std::io::stderr().is_terminal() {
         return super::wait(api, job, what);
     }

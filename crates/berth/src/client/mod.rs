@@ -5,8 +5,10 @@
 mod api;
 mod branches;
 mod output;
+mod previews;
 
 pub use branches::{BranchesArgs, branches};
+pub use previews::{PreviewsArgs, previews};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
