@@ -43,6 +43,8 @@ enum Command {
     Jobs(client::JobsArgs),
     /// Create, list and revoke API keys.
     Keys(client::KeysArgs),
+    /// Register, list, show, update and delete upstreams served through Berth (PgBeam style).
+    Databases(client::DatabasesArgs),
     /// A local endpoint for desktop tools that logs in to a project with an API key.
     Tunnel(tunnel::TunnelArgs),
 }
@@ -73,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Jobs(args) => client::jobs(args),
         Command::Keys(args) => client::keys(args),
         Command::Tunnel(args) => tunnel::run(args),
+        Command::Databases(args) => client::databases(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -151,6 +151,13 @@ impl Proxy {
     /// Replaces the route table. Open sessions keep the databases they started with; limits
     /// are looked up afresh by name, so changed limits apply to them too.
     pub fn set_routes(&self, routes: RouteTable) {
+        // Pools follow at once (pool size, mode, max_active, a moved upstream), not only
+        // when their next client logs in.
+        for pool in self.shared.pools.all() {
+            if let Some(db) = routes.get(&pool.key.database) {
+                pool.update(db);
+            }
+        }
         self.shared.routes.store(Arc::new(routes));
     }
 

@@ -78,6 +78,10 @@ impl Api {
         self.send("POST", path, Some(body))
     }
 
+    pub fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send("PATCH", path, Some(body))
+    }
+
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send("DELETE", path, None)
     }
@@ -100,6 +104,12 @@ impl Api {
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
             ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
+            ("PATCH", body) => self
+                .agent
+                .patch(&url)
+                .header("Authorization", &auth)
+                .content_type("application/json")
+                .send(body.map(Value::to_string).unwrap_or_default()),
             (_, body) => self
                 .agent
                 .post(&url)

@@ -4,10 +4,12 @@
 
 mod api;
 mod branches;
+mod databases;
 mod output;
 mod previews;
 
 pub use branches::{BranchesArgs, branches};
+pub use databases::{DatabasesArgs, databases};
 pub use previews::{PreviewsArgs, previews};
 
 use clap::{Args, Subcommand};

@@ -367,7 +367,18 @@ pub async fn update(
     if let Some(c) = &req.cache_config {
         validate_cache(c)?;
     }
-    if let Some(p) = &req.pool_config {
+    // Pool fields given replace the stored ones; the others stay.
+    let pool_config = req.pool_config.map(|p| {
+        let stored: DatabasePoolConfig =
+            serde_json::from_value(current.pool_config.clone()).unwrap_or_default();
+        DatabasePoolConfig {
+            pool_size: p.pool_size.or(stored.pool_size),
+            min_pool_size: p.min_pool_size.or(stored.min_pool_size),
+            pool_mode: p.pool_mode.or(stored.pool_mode),
+            max_active: p.max_active.or(stored.max_active),
+        }
+    });
+    if let Some(p) = &pool_config {
         validate_pool(p)?;
     }
     if let Some(r) = &req.pool_region {
@@ -375,7 +386,7 @@ pub async fn update(
     }
     let update = RegisteredUpdate {
         cache_config: req.cache_config.as_ref().map(to_json),
-        pool_config: req.pool_config.as_ref().map(to_json),
+        pool_config: pool_config.as_ref().map(to_json),
         pool_region: req.pool_region,
     };
     let updated = control
