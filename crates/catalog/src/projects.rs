@@ -74,6 +74,8 @@ pub struct ProjectRole {
     /// Set while a rotation runs: the password and verifier that will replace these.
     pub next_password_ciphertext: Option<Vec<u8>>,
     pub next_verifier: Option<String>,
+    /// A finished rotation whose old verifier the proxy still accepts until then.
+    pub grace_until: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for ProjectRole {
@@ -131,6 +133,10 @@ pub enum DeleteProject {
 
 /// Restricts lookups to one organization and, for project-scoped keys, one project.
 const VISIBLE: &str = "organization_id = $1 AND ($2::text IS NULL OR id = $2) AND state <> 'deleting'";
+
+/// The assignments that make a role's next password and verifier its only ones.
+const FINISH: &str = "password_ciphertext = next_password_ciphertext, verifier = next_verifier, \
+                      next_password_ciphertext = NULL, next_verifier = NULL, grace_until = NULL";
 
 impl Catalog {
     pub async fn create_project(
@@ -320,6 +326,11 @@ impl Catalog {
         next_password_ciphertext: &[u8],
         next_verifier: &str,
     ) -> Result<ProjectRole, CatalogError> {
+        // A rotation still in its grace period ends now: its password is the current one.
+        sqlx::query(&format!("UPDATE roles SET {FINISH} WHERE id = $1 AND grace_until IS NOT NULL"))
+            .bind(role_id)
+            .execute(&self.pool)
+            .await?;
         sqlx::query(
             "UPDATE roles SET next_password_ciphertext = $2, next_verifier = $3 \
              WHERE id = $1 AND next_verifier IS NULL",
@@ -334,14 +345,41 @@ impl Catalog {
 
     /// Ends a rotation: the next password and verifier become the only ones.
     pub async fn finish_rotation(&self, role_id: &str) -> Result<(), CatalogError> {
+        sqlx::query(&format!("UPDATE roles SET {FINISH} WHERE id = $1 AND next_verifier IS NOT NULL"))
+            .bind(role_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a rotation after `grace`: both verifiers stay valid until then (zero ends it now).
+    pub async fn finish_rotation_after(
+        &self,
+        role_id: &str,
+        grace: std::time::Duration,
+    ) -> Result<(), CatalogError> {
+        if grace.is_zero() {
+            return self.finish_rotation(role_id).await;
+        }
         sqlx::query(
-            "UPDATE roles SET password_ciphertext = next_password_ciphertext, verifier = next_verifier, \
-             next_password_ciphertext = NULL, next_verifier = NULL WHERE id = $1 AND next_verifier IS NOT NULL",
+            "UPDATE roles SET grace_until = now() + make_interval(secs => $2) \
+             WHERE id = $1 AND next_verifier IS NOT NULL",
         )
         .bind(role_id)
+        .bind(grace.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Finishes the rotations whose grace period is over; returns how many.
+    pub async fn finish_expired_graces(&self) -> Result<u64, CatalogError> {
+        let done = sqlx::query(&format!(
+            "UPDATE roles SET {FINISH} WHERE grace_until <= now() AND next_verifier IS NOT NULL"
+        ))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Branches whose instances should be running: the ready branches of ready projects.

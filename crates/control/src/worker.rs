@@ -71,6 +71,10 @@ impl Worker {
             tracing::warn!(worker = %self.name, jobs = requeued, "requeued jobs whose lease expired");
         }
         crate::reaper::reap_expired(&self.control).await?;
+        let finished = catalog.finish_expired_graces().await?;
+        if finished > 0 {
+            tracing::info!(roles = finished, "rotation grace periods over; old passwords refused");
+        }
         let Some(job) = catalog.claim_job(&self.name, self.control.worker.lease).await? else {
             return Ok(false);
         };

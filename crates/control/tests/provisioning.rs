@@ -235,3 +235,53 @@ async fn rotation_sets_a_new_verifier_with_the_old_salt_and_locks_the_project_me
     assert!(roles[0].next_verifier.is_none(), "the rotation was left half-done");
     assert_eq!(roles[0].verifier, stored.to_pg_authid());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_with_grace_keeps_both_passwords_until_the_grace_is_over() {
+    let h = harness().await;
+    tokio::task::block_in_place(|| h.control.instances.ensure_template()).unwrap();
+    let (_, job_id) = h.create_project("shop").await;
+    h.drain_jobs().await;
+    let project = h.job(&job_id).await.project_id.unwrap();
+    let old_verifier = h.control.catalog.roles(&project).await.unwrap()[0].verifier.clone();
+    let rotate = |body: &'static str| {
+        h.call(Method::POST, "/v1/projects/shop/credentials/rotate", Some(&h.admin), Some(body))
+    };
+    for (body, status) in [
+        (r#"{"grace_seconds": 86401}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"grace_seconds": -1}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("{", StatusCode::BAD_REQUEST),
+        (r#"{"grace": 1}"#, StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (got, text) = rotate(body).await;
+        assert_eq!(got, status, "{body}: {text}");
+    }
+    let (status, body) = rotate(r#"{"grace_seconds": 2}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let rotation = body["job"]["id"].as_str().unwrap().to_owned();
+    h.drain_jobs().await;
+    assert_eq!(h.job(&rotation).await.state, "succeeded");
+
+    // During the grace: both verifiers are published, and connection strings show the new one.
+    let role = h.control.catalog.roles(&project).await.unwrap().remove(0);
+    assert_eq!(role.verifier, old_verifier, "the old verifier was dropped before the grace ended");
+    let next = role.next_verifier.clone().expect("the new verifier is published");
+    assert!(role.grace_until.is_some());
+    let (_, conn) = h.get("/v1/projects/shop/connection").await;
+    let uri = conn["connectionUri"].as_str().unwrap();
+    let password = uri["postgresql://shop_owner:".len()..].split('@').next().unwrap();
+    let parsed = wire::scram::ScramVerifier::parse(&next).unwrap();
+    assert_eq!(
+        wire::scram::ScramVerifier::derive(password, &parsed.salt, parsed.iterations).to_pg_authid(),
+        next
+    );
+
+    // After it, a worker pass leaves only the new one.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    h.drain_jobs().await;
+    let role = h.control.catalog.roles(&project).await.unwrap().remove(0);
+    assert_eq!(
+        (role.verifier.as_str(), role.next_verifier.is_none(), role.grace_until.is_none()),
+        (next.as_str(), true, true)
+    );
+}

@@ -76,6 +76,9 @@ enum CredentialsCommand {
         project: String,
         #[arg(long)]
         no_wait: bool,
+        /// Seconds the old password keeps working after the rotation (default 0).
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u32,
     },
 }
 
@@ -248,8 +251,11 @@ pub fn connection(args: ConnectionArgs) -> anyhow::Result<()> {
 
 pub fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.opts)?;
-    let CredentialsCommand::Rotate { project, no_wait } = args.command;
-    let started = api.post(&format!("/v1/projects/{project}/credentials/rotate"), &json!({}))?;
+    let CredentialsCommand::Rotate { project, no_wait, grace_seconds } = args.command;
+    let started = api.post(
+        &format!("/v1/projects/{project}/credentials/rotate"),
+        &json!({ "grace_seconds": grace_seconds }),
+    )?;
     let job = if no_wait {
         started["job"].clone()
     } else {
@@ -259,7 +265,11 @@ pub fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
         output::json(&job);
     } else {
         job_rows(std::slice::from_ref(&job));
-        if !no_wait {
+        if !no_wait && grace_seconds > 0 {
+            println!(
+                "\nThe old password works for {grace_seconds} more seconds; new string: berth connection {project}"
+            );
+        } else if !no_wait {
             println!("\nThe old password no longer works; new string: berth connection {project}");
         }
     }

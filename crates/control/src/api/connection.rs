@@ -83,7 +83,12 @@ async fn credentials(
         .into_iter()
         .find(|r| r.name == username)
         .ok_or_else(|| ApiError::not_found("owner role"))?;
-    let password = control.master_key.open_secret(&role.password_ciphertext, &role.id)?;
+    // In a rotation's grace period the new password is the one to hand out.
+    let sealed = match (&role.grace_until, &role.next_password_ciphertext) {
+        (Some(_), Some(next)) => next,
+        _ => &role.password_ciphertext,
+    };
+    let password = control.master_key.open_secret(sealed, &role.id)?;
     // DESIGN.md: `<project>` routes to the default branch, `<project>.<branch>` to others.
     let database = catalog::branch_database(&project.name, &branch.name);
     Ok((Credentials { username, password, database }, branch.name))

@@ -19,12 +19,24 @@ use crate::error::ApiError;
 use crate::handlers::ROTATE_CREDENTIALS;
 use crate::views::JobView;
 
+/// Optional body of a rotation.
+#[derive(Debug, Default, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old password keeps working after the job (0 to 86400; default 0).
+    #[serde(default)]
+    pub grace_seconds: u32,
+}
+
+/// The longest grace period a rotation may ask for.
+const MAX_GRACE_SECONDS: u32 = 86_400;
+
 #[derive(Serialize, ToSchema)]
 pub struct JobEnvelope {
     pub job: JobView,
 }
 
-#[utoipa::path(post, path = "/v1/projects/{id}/credentials/rotate", tag = "credentials",
+#[utoipa::path(post, path = "/v1/projects/{id}/credentials/rotate", tag = "credentials", request_body = Option<RotateRequest>,
     params(("id" = String, Path, description = "Project id or name"),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry safely")),
     responses((status = 202, body = JobEnvelope), (status = 404, body = crate::error::ErrorBody),
@@ -40,6 +52,14 @@ pub async fn rotate(
     caller.require(Scope::CredentialsWrite)?;
     let route = format!("POST /v1/projects/{id}/credentials/rotate");
     idempotent(&control, &caller, &headers, &route, &body, || async {
+        let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            RotateRequest::default()
+        } else {
+            super::parse_json(&body)?
+        };
+        if req.grace_seconds > MAX_GRACE_SECONDS {
+            return Err(ApiError::invalid(format!("grace_seconds must be 0 to {MAX_GRACE_SECONDS}")));
+        }
         let project = find(&control, &caller, &id).await?;
         if project.state != project_state::READY {
             return Err(ApiError::conflict(format!(
@@ -54,7 +74,7 @@ pub async fn rotate(
             cluster_id: None,
             locked_resource: Some(project.id.clone()),
             max_attempts: control.max_attempts,
-            payload: serde_json::json!({}),
+            payload: serde_json::json!({ "grace_seconds": req.grace_seconds }),
         };
         match control.catalog.enqueue_job(&job).await? {
             Ok(job) => {

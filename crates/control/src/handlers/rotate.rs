@@ -1,8 +1,8 @@
 //! `rotate_credentials`: a new password for the project's owner role without dropping anyone.
 //! The new verifier (same salt and iterations as the old, so one SCRAM exchange can be
 //! checked against both) is published beside the old one, set on the instance with
-//! `ALTER ROLE … PASSWORD '<verifier>'`, and then replaces it (grace period 0: the old
-//! password stops working when the job ends). The role is altered on the instance of every
+//! `ALTER ROLE … PASSWORD '<verifier>'`, and then replaces it: when the job ends, or after
+//! the job's `grace_seconds` (the worker finishes it then; both passwords work meanwhile). The role is altered on the instance of every
 //! ready branch of the project. Open sessions are never touched.
 
 use catalog::{Job, branch_state, project_state};
@@ -59,7 +59,8 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
             ))
             .await?;
     }
-    control.catalog.finish_rotation(&role.id).await?;
-    tracing::info!(project_id, role = %role.name, "credentials rotated");
+    let grace = job.payload.get("grace_seconds").and_then(|g| g.as_u64()).unwrap_or(0);
+    control.catalog.finish_rotation_after(&role.id, std::time::Duration::from_secs(grace)).await?;
+    tracing::info!(project_id, role = %role.name, grace_seconds = grace, "credentials rotated");
     Ok(())
 }
