@@ -61,7 +61,8 @@ impl Up {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         assert!(self.child.wait().unwrap().success());
-        self.stderr.join().unwrap()
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        stderr.join().unwrap()
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -76,6 +77,17 @@ impl Up {
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "berth {args:?}: {stdout}\n{stderr}");
         stdout.trim().to_owned()
+    }
+}
+
+/// A failing test stops its `berth up` (and so its instances) instead of leaving it running.
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
     }
 }
 
