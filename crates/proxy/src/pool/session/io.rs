@@ -1,0 +1,162 @@
+//! The session's reads and writes, polled together: one side's stream with its buffers,
+//! the poll that moves bytes on both sides and stops reading a side while the other has too
+//! much waiting, and the awaited write used outside the poll loop. It never looks inside a
+//! message; that is `frontend`'s and `backend`'s.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
+
+use crate::pool::server::ServerConn;
+
+use super::{Event, Session};
+
+/// Stop reading a side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+const READ_RESERVE: usize = 8 * 1024;
+
+/// One side's stream with its buffers.
+pub(super) struct Side<T> {
+    pub(super) stream: T,
+    pub(super) rbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
+    needs_flush: bool,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
+    pub(super) fn new(stream: T) -> Self {
+        Side { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), needs_flush: false }
+    }
+
+    /// Writes what is buffered. Ready(Ok(true)) when something was written.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let mut wrote = false;
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    wrote = true;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return if wrote { Poll::Ready(Ok(true)) } else { Poll::Pending },
+            }
+        }
+        if self.needs_flush {
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if wrote { Poll::Ready(Ok(true)) } else { Poll::Pending }
+    }
+
+    /// Reads once. Ready(Ok(0)) is end of stream.
+    fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE / 2 {
+            self.rbuf.reserve(READ_RESERVE);
+        }
+        poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
+    pub(super) async fn write_out(&mut self) -> std::io::Result<()> {
+        self.client.stream.write_all(&self.client.wbuf).await?;
+        self.client.wbuf.clear();
+        self.client.stream.flush().await
+    }
+
+    pub(super) fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        loop {
+            let mut progress = false;
+            // Work on what is already buffered.
+            if let Some(ev) = self.process() {
+                return Poll::Ready(ev);
+            }
+            match self.client.poll_write_out(cx) {
+                Poll::Ready(Ok(true)) => progress = true,
+                Poll::Ready(Ok(false)) | Poll::Pending => {}
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Event::ClientGone(format!("client write failed: {e}")));
+                }
+            }
+            if let Some(a) = self.attached.as_mut() {
+                match poll_server_write(&mut a.server, cx) {
+                    Poll::Ready(Ok(true)) => progress = true,
+                    Poll::Ready(Ok(false)) | Poll::Pending => {}
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Event::ServerGone(format!("server write failed: {e}")));
+                    }
+                }
+                if self.client.wbuf.len() < HIGH_WATER {
+                    match poll_server_read(&mut a.server, cx) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Event::ServerGone("server closed the connection".into()));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            self.pool.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                            progress = true;
+                        }
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Event::ServerGone(format!("server read failed: {e}")));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            let server_backlog = self.attached.as_ref().map_or(0, |a| a.server.wbuf.len());
+            if server_backlog < HIGH_WATER {
+                match self.client.poll_read_in(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Event::ClientGone("client closed the connection".into()));
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Event::ClientGone(format!("client read failed: {e}")));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+fn poll_server_write(s: &mut ServerConn, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+    let mut wrote = false;
+    while !s.wbuf.is_empty() {
+        match Pin::new(&mut s.stream).poll_write(cx, &s.wbuf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                s.wbuf.advance(n);
+                wrote = true;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => break,
+        }
+    }
+    if wrote {
+        // TLS buffers records; unix sockets and TCP flush as a no-op.
+        if let Poll::Ready(Err(e)) = Pin::new(&mut s.stream).poll_flush(cx) {
+            return Poll::Ready(Err(e));
+        }
+        return Poll::Ready(Ok(true));
+    }
+    Poll::Pending
+}
+
+fn poll_server_read(s: &mut ServerConn, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    if s.rbuf.capacity() - s.rbuf.len() < READ_RESERVE / 2 {
+        s.rbuf.reserve(READ_RESERVE);
+    }
+    poll_read_buf(Pin::new(&mut s.stream), cx, &mut s.rbuf)
+}
