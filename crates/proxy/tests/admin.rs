@@ -160,8 +160,13 @@ async fn pause_waits_for_transactions_holds_new_ones_and_resume_releases_them() 
     }
     let admin = s.admin().await;
     admin.simple_query("PAUSE app").await.unwrap();
-    // Every server is closed, and nothing runs while paused.
-    assert_eq!(s.app_backends().await, 0);
+    // Every server is closed (PostgreSQL's backends take a moment to exit), and nothing runs
+    // while paused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while s.app_backends().await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "servers still open after PAUSE");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let paused_at = done.load(Ordering::Relaxed);
     let pools = show(&admin, "SHOW POOLS").await;
     assert_eq!(pools[0]["paused"], "true");
@@ -204,10 +209,12 @@ async fn reload_runs_the_composers_hook() {
 async fn metrics_count_what_happened() {
     let s = stack(PoolConfig::default()).await;
     let app = s.app().await;
+    // The error first: tokio-postgres returns it before the ReadyForQuery that ends the
+    // transaction has been read, and the queries after it make sure it was.
+    let _ = app.simple_query("select 1/0").await.unwrap_err();
     for _ in 0..3 {
         app.simple_query("select 1").await.unwrap();
     }
-    let _ = app.simple_query("select 1/0").await.unwrap_err();
     assert!(s.proxy.connect_pooled("app", "app", "wrong").await.is_err());
     let text = s.proxy.proxy.metrics_text();
     let value = |prefix: &str| -> f64 {
@@ -220,7 +227,8 @@ async fn metrics_count_what_happened() {
             .parse()
             .unwrap()
     };
-    assert!(value("berth_transactions_total{database=\"app\",user=\"app\"}") >= 4.0);
+    let transactions = value("berth_transactions_total{database=\"app\",user=\"app\"}");
+    assert!(transactions >= 4.0, "{transactions} transactions counted in\n{text}");
     assert_eq!(value("berth_errors_total{class=\"22\"}"), 1.0);
     assert_eq!(value("berth_errors_total{class=\"28\"}"), 1.0);
     assert_eq!(value("berth_auth_failures_total"), 1.0);
@@ -296,9 +304,17 @@ async fn pgbench_prepared_for_twenty_seconds_on_five_servers_with_a_true_show_po
         .and_then(|v| v.split('/').next()?.parse().ok())
         .unwrap_or_default();
     assert!(processed > 0, "{text}");
-    // After: nobody is connected or waiting; the servers are idle in the pool.
-    let pools = show(&admin, "SHOW POOLS").await;
-    let p = pools.iter().find(|p| p["database"] == "app" && p["user"] == "app").expect("the pool");
+    // After: nobody is connected or waiting (once the proxy has seen every disconnect); the
+    // servers are idle in the pool.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let p = loop {
+        let pools = show(&admin, "SHOW POOLS").await;
+        let p = pools.into_iter().find(|p| p["database"] == "app" && p["user"] == "app").expect("the pool");
+        if p["cl_active"] == "0" || tokio::time::Instant::now() > deadline {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!((p["cl_active"].as_str(), p["cl_waiting"].as_str()), ("0", "0"), "{p:?}");
     assert_eq!(
         (p["sv_active"].as_str(), p["pool_size"].as_str(), p["pool_mode"].as_str()),

@@ -26,16 +26,13 @@ pub fn run(shared: &Arc<Shared>) -> ResultSet {
         let (open, idle) = pool.counts();
         let cfg = pool.config();
         let wait = pool.max_wait();
+        let waiting = pool.stats.waiting.load(Ordering::Relaxed);
         rs.row(vec![
             pool.key.database.clone(),
             pool.key.role.clone(),
             // As PgBouncer counts them: connected clients not waiting for a server are active.
-            pool.stats
-                .clients
-                .load(Ordering::Relaxed)
-                .saturating_sub(pool.stats.waiting.load(Ordering::Relaxed))
-                .to_string(),
-            pool.stats.waiting.load(Ordering::Relaxed).to_string(),
+            pool.stats.clients.load(Ordering::Relaxed).saturating_sub(waiting).to_string(),
+            waiting.to_string(),
             pool.stats.pinned.load(Ordering::Relaxed).to_string(),
             (open as usize).saturating_sub(idle).to_string(),
             idle.to_string(),
