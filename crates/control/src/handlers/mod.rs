@@ -66,7 +66,15 @@ impl From<NodeError> for JobError {
 
 impl From<tokio_postgres::Error> for JobError {
     fn from(e: tokio_postgres::Error) -> Self {
-        JobError::transient(format!("instance SQL: {e}"))
+        // tokio-postgres keeps the why (the socket's error, the server's message) in the
+        // source. A server error is named by its SQLSTATE only: its text may quote a statement,
+        // and statements here carry verifiers.
+        let why = match (e.as_db_error(), std::error::Error::source(&e)) {
+            (Some(db), _) => format!(" (SQLSTATE {})", db.code().code()),
+            (None, Some(source)) => format!(": {source}"),
+            (None, None) => String::new(),
+        };
+        JobError::transient(format!("instance SQL: {e}{why}"))
     }
 }
 
