@@ -21,7 +21,7 @@ pub fn data_dir() -> tempfile::TempDir {
 pub struct Up {
     pub child: Child,
     pub stdout: String,
-    pub stderr: std::thread::JoinHandle<String>,
+    pub stderr: Option<std::thread::JoinHandle<String>>,
     pub data: PathBuf,
 }
 
@@ -65,7 +65,18 @@ pub fn berth_up(data: &Path, ports: Ports) -> Up {
         stdout.push_str(&line);
     }
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Up { child, stdout, stderr, data: data.to_owned() }
+    Up { child, stdout, stderr: Some(stderr), data: data.to_owned() }
+}
+
+/// A test that fails before `stop` must not leave `berth up` (and its instances) running.
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Up {
@@ -75,7 +86,7 @@ impl Up {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "berth up exited with {status}");
-        self.stderr.join().expect("stderr thread")
+        self.stderr.take().expect("stderr").join().expect("stderr thread")
     }
 
     /// Runs a client command against this `berth up` (found through its data directory).

@@ -18,6 +18,10 @@ use super::{Event, Session};
 /// Stop reading a side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
 const READ_RESERVE: usize = 8 * 1024;
+/// What a quiet client's reads start with: idle sessions, by the thousand, hold this little.
+pub(super) const IDLE_READ: usize = 512;
+/// A session between transactions for this long gives its buffers back.
+pub(super) const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One side's stream with its buffers.
 pub(super) struct Side<T> {
@@ -25,11 +29,13 @@ pub(super) struct Side<T> {
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
     needs_flush: bool,
+    /// The last read filled the room it had: more is likely coming, read into a full buffer.
+    grow: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
     pub(super) fn new(stream: T) -> Self {
-        Side { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), needs_flush: false }
+        Side { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new(), needs_flush: false, grow: false }
     }
 
     /// Writes what is buffered. Ready(Ok(true)) when something was written.
@@ -57,12 +63,37 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
         if wrote { Poll::Ready(Ok(true)) } else { Poll::Pending }
     }
 
-    /// Reads once. Ready(Ok(0)) is end of stream.
+    /// Reads once. Ready(Ok(0)) is end of stream. A side that sends little reads into a
+    /// small buffer; one whose last read filled its room gets a full one. Both are reused,
+    /// so the steady state allocates nothing.
     fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE / 2 {
-            self.rbuf.reserve(READ_RESERVE);
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if spare == 0 || (self.grow && spare < READ_RESERVE / 2) {
+            self.rbuf.reserve(if self.grow { READ_RESERVE } else { IDLE_READ });
         }
-        poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let read = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+        if let Poll::Ready(Ok(n)) = &read {
+            self.grow = *n >= spare;
+        }
+        read
+    }
+
+    /// Gives back buffers that are empty (the session is between transactions and quiet).
+    pub(super) fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ {
+            self.rbuf = BytesMut::new();
+            self.grow = false;
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Whether `shrink` would give anything back.
+    pub(super) fn shrinkable(&self) -> bool {
+        (self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ)
+            || (self.wbuf.is_empty() && self.wbuf.capacity() > 0)
     }
 }
 

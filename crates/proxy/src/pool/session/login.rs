@@ -54,7 +54,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         BackendMessage::BackendKeyData { pid, secret: self.cancel.key().secret }.encode(&mut out);
         BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
         self.client.wbuf.extend_from_slice(&out);
-        self.write_out().await.map_err(|e| ErrorResponse::fatal(SqlState::CONNECTION_FAILURE, e.to_string()))
+        self.write_out()
+            .await
+            .map_err(|e| ErrorResponse::fatal(SqlState::CONNECTION_FAILURE, e.to_string()))?;
+        // Most clients wait a while before their first query: hold no buffer meanwhile.
+        self.client.wbuf = BytesMut::new();
+        Ok(())
     }
 }
 

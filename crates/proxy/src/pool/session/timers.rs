@@ -46,6 +46,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         if self.shutting_down {
             at(self.shared.shutdown_deadline());
         }
+        if self.attached.is_none() && self.client.shrinkable() {
+            at(self.idle_since + super::io::SHRINK_AFTER);
+        }
         next
     }
 
@@ -53,6 +56,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     pub(super) fn on_timer(&mut self) -> Option<ErrorResponse> {
         let limits = self.limits();
         let now = Instant::now();
+        if self.attached.is_none() && self.idle_since + super::io::SHRINK_AFTER <= now {
+            self.client.shrink();
+        }
         if self.shutting_down && self.shared.shutdown_deadline() <= now {
             return Some(ErrorResponse::fatal(
                 SqlState::ADMIN_SHUTDOWN,
