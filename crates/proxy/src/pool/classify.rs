@@ -56,18 +56,33 @@ pub enum Effect {
 /// Effects of one query string, in statement order.
 pub type Effects = Arc<Vec<Effect>>;
 
-/// Words at least one of which appears in every statement with an effect above.
-const TRIGGERS: &[&str] =
-    &["set", "discard", "listen", "advisory", "temp", "hold", "close", "prepare", "deallocate", "set_config"];
+/// Words at least one of which appears in every statement with an effect above, by first
+/// letter (`set` covers `set_config`).
+const TRIGGERS: [(u8, &[&[u8]]); 8] = [
+    (b's', &[b"set"]),
+    (b'd', &[b"discard", b"deallocate"]),
+    (b'l', &[b"listen"]),
+    (b'a', &[b"advisory"]),
+    (b't', &[b"temp"]),
+    (b'h', &[b"hold"]),
+    (b'c', &[b"close"]),
+    (b'p', &[b"prepare"]),
+];
 
-/// A case-insensitive scan for the trigger words, without allocating: it runs on every
-/// query that passes through a pooled session.
+/// A case-insensitive scan for the trigger words in one pass, without allocating: it runs
+/// on every query that passes through a pooled session, so most bytes cost one comparison
+/// of their lower-case form against eight letters.
 fn may_have_effects(sql: &str) -> bool {
     let hay = sql.as_bytes();
     is_transaction_control(sql)
-        || TRIGGERS.iter().any(|t| {
-            let t = t.as_bytes();
-            hay.len() >= t.len() && hay.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t))
+        || hay.iter().enumerate().any(|(i, &b)| {
+            let lower = b | 0x20;
+            TRIGGERS.iter().any(|(first, words)| {
+                *first == lower
+                    && words
+                        .iter()
+                        .any(|w| hay.get(i..i + w.len()).is_some_and(|s| s.eq_ignore_ascii_case(w)))
+            })
         })
 }
 
@@ -305,6 +320,27 @@ mod tests {
         );
         // Only a leading keyword makes a statement worth parsing for this.
         assert!(!may_have_effects("select case when true then 1 end"));
+    }
+
+    #[test]
+    fn the_trigger_scan_finds_every_word_in_any_case() {
+        for sql in [
+            "SeT search_path = x",
+            "select pg_ADVISORY_lock(1)",
+            "create TEMP table t()",
+            "declare c cursor with HOLD for select 1",
+            "Prepare p as select 1",
+            "DEALLOCATE p",
+            "discard all",
+            "LISTEN ch",
+            "close c",
+            "select set_config('a', 'b', false)",
+        ] {
+            assert!(may_have_effects(sql), "{sql}");
+        }
+        for sql in ["select 1", "SELECT abalance FROM pgbench_accounts WHERE aid = 42", "", "s", "se"] {
+            assert!(!may_have_effects(sql), "{sql}");
+        }
     }
 
     #[test]

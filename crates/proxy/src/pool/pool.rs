@@ -204,7 +204,7 @@ impl Pool {
     /// Takes a server: an idle one, a new one, or the next one returned, until `deadline`.
     pub async fn checkout(self: &Arc<Self>, timeout: Duration) -> Result<ServerConn, CheckoutError> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let result = self.checkout_inner(deadline, timeout).await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);

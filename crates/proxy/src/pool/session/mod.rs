@@ -130,8 +130,7 @@ where
         Ok(Ok(())) => {}
     }
     tracing::info!(%peer, db = %db.name, %user, mode = ?mode, "pooled session started");
-    let span = tracing::trace_span!("pooled", %peer);
-    let reason = tracing::Instrument::instrument(s.run(), span).await;
+    let reason = s.run().await;
     s.finish().await;
     reason
 }
@@ -201,14 +200,17 @@ struct Session<S: AsyncRead + AsyncWrite + Unpin> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     async fn run(&mut self) -> String {
+        // One wait for shutdown for the whole session: registering and dropping a waiter on
+        // the proxy-wide token at every event would take its lock twice per event.
+        let shutdown = self.shared.shutdown.clone();
+        let mut shutdown_wait = std::pin::pin!(shutdown.cancelled());
         loop {
             let deadline = self.next_deadline();
-            let shutdown = self.shared.shutdown.clone();
             let event = tokio::select! {
                 biased;
                 ev = poll_fn(|cx| self.poll_io(cx)) => ev,
                 () = tokio::time::sleep_until(deadline.into()), if deadline != far_future() => Event::Timer,
-                () = shutdown.cancelled(), if !self.shutting_down => Event::Shutdown,
+                () = &mut shutdown_wait, if !self.shutting_down => Event::Shutdown,
             };
             match &event {
                 Event::NeedServer => tracing::trace!("need server"),
