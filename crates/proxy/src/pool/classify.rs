@@ -57,9 +57,11 @@ pub enum Effect {
 pub type Effects = Arc<Vec<Effect>>;
 
 /// Words at least one of which appears in every statement with an effect above, by first
-/// letter (`set` covers `set_config`).
-const TRIGGERS: [(u8, &[&[u8]]); 8] = [
+/// letter. `set` and `reset` count only where a statement starts (or as `set_config`): an
+/// `UPDATE … SET` must not send every write through the parser.
+const TRIGGERS: [(u8, &[&[u8]]); 9] = [
     (b's', &[b"set"]),
+    (b'r', &[b"reset"]),
     (b'd', &[b"discard", b"deallocate"]),
     (b'l', &[b"listen"]),
     (b'a', &[b"advisory"]),
@@ -71,19 +73,34 @@ const TRIGGERS: [(u8, &[&[u8]]); 8] = [
 
 /// A case-insensitive scan for the trigger words in one pass, without allocating: it runs
 /// on every query that passes through a pooled session, so most bytes cost one comparison
-/// of their lower-case form against eight letters.
+/// of their lower-case form against nine letters.
 fn may_have_effects(sql: &str) -> bool {
     let hay = sql.as_bytes();
+    // After a line comment the start of a statement is not told by the byte before it.
+    let line_comments = hay.windows(2).any(|w| w == b"--");
     is_transaction_control(sql)
         || hay.iter().enumerate().any(|(i, &b)| {
             let lower = b | 0x20;
             TRIGGERS.iter().any(|(first, words)| {
                 *first == lower
-                    && words
-                        .iter()
-                        .any(|w| hay.get(i..i + w.len()).is_some_and(|s| s.eq_ignore_ascii_case(w)))
+                    && words.iter().any(|w| {
+                        hay.get(i..i + w.len()).is_some_and(|s| s.eq_ignore_ascii_case(w))
+                            && (!matches!(lower, b's' | b'r')
+                                || line_comments
+                                || starts_statement(hay, i)
+                                || hay.get(i..i + 10).is_some_and(|s| s.eq_ignore_ascii_case(b"set_config")))
+                    })
             })
         })
+}
+
+/// Whether position `i` begins a statement: only blanks, a `;` or the end of a block
+/// comment come before it.
+fn starts_statement(hay: &[u8], i: usize) -> bool {
+    match hay[..i].iter().rev().find(|b| !b.is_ascii_whitespace()) {
+        None => true,
+        Some(b) => matches!(b, b';' | b'/'),
+    }
 }
 
 /// Words that begin a transaction-control statement (`END` and `ABORT` are PostgreSQL's
@@ -338,7 +355,24 @@ mod tests {
         ] {
             assert!(may_have_effects(sql), "{sql}");
         }
-        for sql in ["select 1", "SELECT abalance FROM pgbench_accounts WHERE aid = 42", "", "s", "se"] {
+        for sql in [
+            "/* hint */ SET search_path = x",
+            "select 1; set x = 1",
+            "-- note\nset x = 1",
+            "RESET ALL",
+            "select 1;reset statement_timeout",
+        ] {
+            assert!(may_have_effects(sql), "{sql}");
+        }
+        for sql in [
+            "select 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 7",
+            "select offset_reset from t",
+            "",
+            "s",
+            "se",
+        ] {
             assert!(!may_have_effects(sql), "{sql}");
         }
     }

@@ -20,6 +20,8 @@ const HIGH_WATER: usize = 256 * 1024;
 const READ_RESERVE: usize = 8 * 1024;
 /// What a quiet client's reads start with: idle sessions, by the thousand, hold this little.
 pub(super) const IDLE_READ: usize = 512;
+/// A write buffer this small is kept between transactions.
+const KEEP_WRITE: usize = 4 * 1024;
 /// A session between transactions for this long gives its buffers back.
 pub(super) const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -90,10 +92,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
         }
     }
 
-    /// Whether `shrink` would give anything back.
+    /// Whether `shrink` would give back enough to be worth a timer: small buffers stay, so
+    /// sessions with small messages set no timer between transactions.
     pub(super) fn shrinkable(&self) -> bool {
         (self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ)
-            || (self.wbuf.is_empty() && self.wbuf.capacity() > 0)
+            || (self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_WRITE)
     }
 }
 
