@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{message, refused, sqlstate};
+use common::{message, refused, set_hba, sqlstate};
 use proxy::auth_query::AuthQuery;
 use proxy::routes::Role;
 use proxy::secret::Secret;
@@ -17,16 +17,6 @@ use testkit::{TestPg, TestProxy, route};
 use wire::scram::ScramVerifier;
 
 const REGISTRAR_PW: &str = "registrar-pw";
-
-async fn set_hba(pg: &TestPg, lines: &str) {
-    let su = pg.superuser().await.unwrap();
-    let file: String = su.query_one("SHOW hba_file", &[]).await.unwrap().get(0);
-    std::fs::write(&file, lines).unwrap();
-    su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-    let rules: i64 = su.query_one("SELECT count(*) FROM pg_hba_file_rules", &[]).await.unwrap().get(0);
-    assert_eq!(rules as usize, lines.lines().count());
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-}
 
 struct Stack {
     pg: TestPg,

@@ -6,24 +6,16 @@
 // does not reach them.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 
+use common::set_hba;
 use proxy::routes::Role;
 use proxy::secret::Secret;
 use proxy::{Limits, ProxySettings, RouteTable, SslMode, UpstreamAddr};
 use testkit::{TestPg, TestProxy, route};
 use wire::scram::ScramVerifier;
-
-async fn set_hba(pg: &TestPg, lines: &str) {
-    let su = pg.superuser().await.unwrap();
-    let file: String = su.query_one("SHOW hba_file", &[]).await.unwrap().get(0);
-    std::fs::write(&file, lines).unwrap();
-    su.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-    // pg_hba_file_rules shows what the postmaster will use once reloaded.
-    let rules: i64 = su.query_one("SELECT count(*) FROM pg_hba_file_rules", &[]).await.unwrap().get(0);
-    assert_eq!(rules as usize, lines.lines().count());
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-}
 
 async fn pg_with_roles() -> TestPg {
     testkit::init_tracing();

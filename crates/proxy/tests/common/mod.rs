@@ -53,6 +53,18 @@ pub async fn stack() -> Stack {
     stack_with(Limits::default(), ProxySettings::default()).await
 }
 
+/// Replaces the instance's pg_hba.conf with `lines` and waits until the postmaster uses it.
+pub async fn set_hba(pg: &TestPg, lines: &str) {
+    let su = pg.superuser().await.expect("superuser");
+    let file: String = su.query_one("SHOW hba_file", &[]).await.expect("hba_file").get(0);
+    std::fs::write(&file, lines).expect("write pg_hba.conf");
+    su.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
+    // pg_hba_file_rules shows what the postmaster will use once reloaded.
+    let rules: i64 = su.query_one("SELECT count(*) FROM pg_hba_file_rules", &[]).await.expect("rules").get(0);
+    assert_eq!(rules as usize, lines.lines().count());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+}
+
 /// Awaits `f`, failing the test if it has not finished within [`PATIENCE`].
 pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
     match tokio::time::timeout(PATIENCE, f).await {
