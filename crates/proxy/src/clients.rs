@@ -49,6 +49,9 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
     state: AtomicU8,
     pinned: AtomicBool,
+    /// Told when the client's database leaves the route table (deleted, or a preview that
+    /// expired): the session ends with an error that says so.
+    pub(crate) gone: tokio::sync::Notify,
 }
 
 impl ClientInfo {
@@ -99,9 +102,19 @@ impl ClientRegistry {
                 ClientState::Idle
             } as u8),
             pinned: AtomicBool::new(false),
+            gone: tokio::sync::Notify::new(),
         });
         self.map.lock().expect("client registry poisoned").insert(id, Arc::clone(&info));
         ClientHandle { registry: Arc::clone(self), info }
+    }
+
+    /// Tells every client whose database `routed` no longer has that it is gone.
+    pub(crate) fn unrouted(&self, routed: impl Fn(&str) -> bool) {
+        for c in self.map.lock().expect("client registry poisoned").values() {
+            if !routed(&c.database) {
+                c.gone.notify_one();
+            }
+        }
     }
 
     /// Every client, oldest first.
@@ -123,4 +136,14 @@ impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.registry.map.lock().expect("client registry poisoned").remove(&self.info.id);
     }
+}
+
+/// The error a session ends with when its database stops being routed.
+pub(crate) fn database_gone(database: &str) -> wire::ErrorResponse {
+    wire::ErrorResponse::fatal(
+        wire::SqlState::ADMIN_SHUTDOWN,
+        format!(
+            "terminating connection: database \"{database}\" no longer exists (it was deleted, or its preview expired)"
+        ),
+    )
 }

@@ -85,7 +85,7 @@ impl std::fmt::Display for End {
     }
 }
 
-pub(crate) async fn run<S>(shared: &Arc<Shared>, session: Established<S>) -> End
+pub(crate) async fn run<S>(shared: &Arc<Shared>, session: Established<S>, gone: &tokio::sync::Notify) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -121,7 +121,7 @@ where
             }
         };
         let s2c = server_to_client(server_rd, client_wr, &activity, &mut ctl_rx, &reword, &shared.errors);
-        let dog = watchdog(shared, &db_name, &activity, ctl_tx, &target);
+        let dog = watchdog(shared, &db_name, &activity, ctl_tx, &target, gone);
         tokio::pin!(c2s, s2c, dog);
         let mut client_end = None;
         let mut dog_done = false;
@@ -174,6 +174,7 @@ async fn watchdog(
     activity: &Activity,
     ctl: mpsc::Sender<Control>,
     target: &CancelTarget,
+    gone: &tokio::sync::Notify,
 ) {
     let mut cancel_sent_for: Option<Instant> = None;
     loop {
@@ -251,6 +252,10 @@ async fn watchdog(
             () = activity.changed() => {}
             () = tokio::time::sleep(sleep) => {}
             () = shared.shutdown.cancelled(), if !shared.shutdown.is_cancelled() => {}
+            () = gone.notified() => {
+                let _ = ctl.send(Control::Fatal(crate::clients::database_gone(db_name))).await;
+                return;
+            }
         }
     }
 }

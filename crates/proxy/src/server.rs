@@ -158,6 +158,7 @@ impl Proxy {
                 pool.update(db);
             }
         }
+        self.shared.clients.unrouted(|db| routes.get(db).is_some());
         self.shared.routes.store(Arc::new(routes));
     }
 

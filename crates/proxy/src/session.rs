@@ -60,7 +60,7 @@ where
                     Ok(Ok(s)) => s,
                 };
             tracing::info!(%peer, %db, %user, setup_ms = started.elapsed().as_millis() as u64, "session started");
-            let end = crate::direct::run(&shared, session).await;
+            let end = crate::direct::run(&shared, session, &client_entry.info.gone).await;
             drop(client_entry);
             tracing::info!(%peer, %db, %user, reason = %end, "session ended");
         }

@@ -204,6 +204,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         // the proxy-wide token at every event would take its lock twice per event.
         let shutdown = self.shared.shutdown.clone();
         let mut shutdown_wait = std::pin::pin!(shutdown.cancelled());
+        let info = Arc::clone(&self.info);
+        let mut unrouted = std::pin::pin!(info.gone.notified());
         loop {
             let deadline = self.next_deadline();
             let event = tokio::select! {
@@ -211,6 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 ev = poll_fn(|cx| self.poll_io(cx)) => ev,
                 () = tokio::time::sleep_until(deadline.into()), if deadline != far_future() => Event::Timer,
                 () = &mut shutdown_wait, if !self.shutting_down => Event::Shutdown,
+                () = &mut unrouted => Event::Fatal(crate::clients::database_gone(&self.pool.key.database)),
             };
             match &event {
                 Event::NeedServer => tracing::trace!("need server"),
