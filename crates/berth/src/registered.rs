@@ -101,6 +101,7 @@ pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey) -> Vec<Database> {
             pool,
             api_key_access: None,
             auth_query: Some(AuthQuery { user: d.username, password }),
+            close_sessions_on_removal: true,
         });
     }
     out

@@ -63,6 +63,7 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
             pool,
             api_key_access,
             auth_query: None,
+            close_sessions_on_removal: true,
         };
         databases.insert(e.database, database);
     }

@@ -119,6 +119,7 @@ async fn login(upstream: &Upstream, aq: &AuthQuery, timeout: Duration) -> Result
         pool: Default::default(),
         api_key_access: None,
         auth_query: None,
+        close_sessions_on_removal: false,
     };
     let role =
         Role { name: aq.user.clone(), verifiers: Vec::new(), upstream_password: Some(aq.password.clone()) };

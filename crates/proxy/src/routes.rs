@@ -110,6 +110,7 @@ impl RouteTable {
                 pool: section.pool.clone(),
                 api_key_access: None,
                 auth_query: None,
+                close_sessions_on_removal: false,
                 limits: Limits {
                     max_client_connections: section.max_client_connections,
                     query_timeout: section.query_timeout.map(|s| s.0),
@@ -136,6 +137,10 @@ pub struct Database {
     pub api_key_access: Option<crate::apikey::KeyAccess>,
     /// For registered upstreams: roles not listed in `roles` are looked up on the upstream.
     pub auth_query: Option<crate::auth_query::AuthQuery>,
+    /// When a reload drops this database, end its open sessions (with an error saying it no
+    /// longer exists) instead of letting them run on: true for the catalog's databases, which
+    /// leave only when deleted; false for the TOML file's, as PgBouncer does on RELOAD.
+    pub close_sessions_on_removal: bool,
 }
 
 impl Database {
@@ -172,6 +177,7 @@ impl Database {
             pool: PoolConfig::default(),
             api_key_access: None,
             auth_query: None,
+            close_sessions_on_removal: false,
         }
     }
 }

@@ -158,7 +158,10 @@ impl Proxy {
                 pool.update(db);
             }
         }
-        self.shared.clients.unrouted(|db| routes.get(db).is_some());
+        let old = self.shared.routes.load();
+        self.shared.clients.unrouted(|db| {
+            routes.get(db).is_some() || !old.get(db).is_some_and(|d| d.close_sessions_on_removal)
+        });
         self.shared.routes.store(Arc::new(routes));
     }
 

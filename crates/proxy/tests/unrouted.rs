@@ -1,5 +1,6 @@
-//! A database that leaves the route table (deleted, or a preview that expired) ends its
-//! sessions on both listeners with an error that says so; a reload that keeps it does not.
+//! A catalog database that leaves the route table (deleted, or a preview that expired) ends
+//! its sessions on both listeners with an error that says so; a reload that keeps it does
+//! not, and a TOML database (`close_sessions_on_removal` false) keeps its sessions.
 
 mod common;
 
@@ -16,8 +17,13 @@ async fn sessions_of_a_database_that_is_no_longer_routed_end_with_a_clear_error(
     in_tx.batch_execute("BEGIN; SELECT 1").await.expect("begin");
 
     // A reload that keeps the database keeps its sessions.
-    let same = RouteTable::new([route("app", &s.pg, "app", &[("alice", PASSWORD)], Limits::default())]);
-    s.proxy.proxy.set_routes(same);
+    let managed = || {
+        let mut d = route("app", &s.pg, "app", &[("alice", PASSWORD)], Limits::default());
+        d.close_sessions_on_removal = true;
+        d
+    };
+    s.proxy.proxy.set_routes(RouteTable::new([managed()]));
+    s.proxy.proxy.set_routes(RouteTable::new([managed()]));
     for c in [&direct, &pooled, &in_tx] {
         c.batch_execute("SELECT 1").await.expect("still served after a reload that keeps the database");
     }

@@ -54,6 +54,7 @@ pub fn route(name: &str, pg: &TestPg, dbname: &str, roles: &[(&str, &str)], limi
         pool: proxy::PoolConfig::default(),
         api_key_access: None,
         auth_query: None,
+        close_sessions_on_removal: false,
     }
 }
 
