@@ -76,8 +76,9 @@ const TRIGGERS: [(u8, &[&[u8]]); 9] = [
 /// of their lower-case form against nine letters.
 fn may_have_effects(sql: &str) -> bool {
     let hay = sql.as_bytes();
-    // After a line comment the start of a statement is not told by the byte before it.
-    let line_comments = hay.windows(2).any(|w| w == b"--");
+    // After a line comment the start of a statement is not told by the byte before it; only
+    // looked for when a `set` or `reset` is not at a statement start, not for every query.
+    let line_comments = || hay.windows(2).any(|w| w == b"--");
     is_transaction_control(sql)
         || hay.iter().enumerate().any(|(i, &b)| {
             let lower = b | 0x20;
@@ -86,9 +87,9 @@ fn may_have_effects(sql: &str) -> bool {
                     && words.iter().any(|w| {
                         hay.get(i..i + w.len()).is_some_and(|s| s.eq_ignore_ascii_case(w))
                             && (!matches!(lower, b's' | b'r')
-                                || line_comments
                                 || starts_statement(hay, i)
-                                || hay.get(i..i + 10).is_some_and(|s| s.eq_ignore_ascii_case(b"set_config")))
+                                || hay.get(i..i + 10).is_some_and(|s| s.eq_ignore_ascii_case(b"set_config"))
+                                || line_comments())
                     })
             })
         })
