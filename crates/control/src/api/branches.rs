@@ -11,15 +11,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use catalog::{
-    Branch, BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, NewJob, Scope, branch_kind, project_state,
-};
+use catalog::{Branch, BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, NewJob, Scope, branch_kind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::idempotency::idempotent;
-use super::projects::find;
+use super::projects::{find, ready_project};
 use super::{PageQuery, parse_json, query};
 use crate::Control;
 use crate::auth::Caller;
@@ -137,17 +135,6 @@ fn with_job(
     (status, serde_json::to_value(body).expect("views serialize"))
 }
 
-async fn ready_project(control: &Control, caller: &Caller, id: &str) -> Result<catalog::Project, ApiError> {
-    let project = find(control, caller, id).await?;
-    if project.state != project_state::READY {
-        return Err(ApiError::conflict(format!(
-            "the project is {}; branch it once it is ready",
-            project.state
-        )));
-    }
-    Ok(project)
-}
-
 #[utoipa::path(post, path = "/v1/projects/{id}/branches", tag = "branches", request_body = CreateBranchRequest,
     params(("id" = String, Path, description = "Project id or name"),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry safely")),
@@ -167,7 +154,7 @@ pub async fn create(
     idempotent(&control, &caller, &headers, &route, &body, || async {
         let req: CreateBranchRequest = parse_json(&body)?;
         validate_branch_name(&req.name)?;
-        let project = ready_project(&control, &caller, &id).await?;
+        let project = ready_project(&control, &caller, &id, "branch it").await?;
         let parent = req.parent.clone().unwrap_or_else(|| MAIN_BRANCH.to_owned());
         let new = NewBranch {
             project_id: project.id.clone(),
@@ -303,7 +290,7 @@ pub async fn reset(
     caller.require(Scope::ProjectsWrite)?;
     let route = format!("POST /v1/projects/{id}/branches/{branch}/reset");
     idempotent(&control, &caller, &headers, &route, &body, || async {
-        let project = ready_project(&control, &caller, &id).await?;
+        let project = ready_project(&control, &caller, &id, "branch it").await?;
         let max_attempts = control.max_attempts;
         let outcome = control
             .catalog

@@ -7,12 +7,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use catalog::{NewJob, Scope, project_state};
+use catalog::{NewJob, Scope};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::idempotency::idempotent;
-use super::projects::find;
+use super::projects::ready_project;
 use crate::Control;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -60,13 +60,7 @@ pub async fn rotate(
         if req.grace_seconds > MAX_GRACE_SECONDS {
             return Err(ApiError::invalid(format!("grace_seconds must be 0 to {MAX_GRACE_SECONDS}")));
         }
-        let project = find(&control, &caller, &id).await?;
-        if project.state != project_state::READY {
-            return Err(ApiError::conflict(format!(
-                "the project is {}; rotate once it is ready",
-                project.state
-            )));
-        }
+        let project = ready_project(&control, &caller, &id, "rotate").await?;
         let job = NewJob {
             kind: ROTATE_CREDENTIALS.into(),
             organization_id: project.organization_id.clone(),

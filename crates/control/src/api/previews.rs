@@ -13,16 +13,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use catalog::{
-    Branch, BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, NewJob, Scope, branch_kind, project_state,
-};
+use catalog::{Branch, BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, NewJob, Scope, branch_kind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::connection::{Connections, connection_set};
 use super::idempotency::idempotent;
-use super::projects::find;
+use super::projects::{find, ready_project};
 use super::{PageQuery, parse_json, query};
 use crate::Control;
 use crate::auth::Caller;
@@ -153,10 +151,7 @@ pub async fn create(
         if let Some(name) = &req.name {
             validate_branch_name(name)?;
         }
-        let project = find(&control, &caller, &id).await?;
-        if project.state != project_state::READY {
-            return Err(ApiError::conflict(format!("the project is {}; preview it once it is ready", project.state)));
-        }
+        let project = ready_project(&control, &caller, &id, "preview it").await?;
         let source = req.source_branch.clone().unwrap_or_else(|| MAIN_BRANCH.to_owned());
         let ttl = Duration::from_secs(u64::try_from(req.ttl_seconds).unwrap_or(1));
         let new = NewBranch {

@@ -187,6 +187,23 @@ pub(crate) async fn find(control: &Control, caller: &Caller, id: &str) -> Result
         .ok_or_else(|| ApiError::not_found("project"))
 }
 
+/// A visible project that is `ready`; `409` naming what waits for it otherwise.
+pub(crate) async fn ready_project(
+    control: &Control,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<catalog::Project, ApiError> {
+    let project = find(control, caller, id).await?;
+    if project.state != catalog::project_state::READY {
+        return Err(ApiError::conflict(format!(
+            "the project is {}; {action} once it is ready",
+            project.state
+        )));
+    }
+    Ok(project)
+}
+
 #[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects",
     params(("id" = String, Path, description = "Project id or name")),
     responses((status = 200, body = ProjectView), (status = 404, body = crate::error::ErrorBody)),
