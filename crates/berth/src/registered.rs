@@ -69,10 +69,9 @@ pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey) -> Vec<Database> {
                 continue;
             }
         };
-        let api: control::views::PoolConfig =
+        // PgBeam's pool_config (with max_active), not the projects' view of it.
+        let api: control::api::DatabasePoolConfig =
             serde_json::from_value(d.pool_config.clone()).unwrap_or_default();
-        let max_active =
-            d.pool_config.get("max_active").and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok());
         let defaults = PoolConfig::default();
         let pool = PoolConfig {
             pool_size: api.pool_size.unwrap_or(defaults.pool_size),
@@ -81,7 +80,7 @@ pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey) -> Vec<Database> {
                 Some(control::views::PoolMode::Session) => PoolMode::Session,
                 _ => PoolMode::Transaction,
             },
-            max_active,
+            max_active: api.max_active,
             ..defaults
         };
         // The registered role: checked against a verifier of its stored password (whatever

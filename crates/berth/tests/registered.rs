@@ -90,6 +90,8 @@ async fn a_registered_upstream_serves_its_own_roles_through_the_proxy() {
             "3",
             "--pool-mode",
             "transaction",
+            "--max-active",
+            "50",
         ],
     );
     assert!(ok, "register: {err}");
@@ -106,7 +108,10 @@ async fn a_registered_upstream_serves_its_own_roles_through_the_proxy() {
     ] {
         assert_eq!(db[field], want, "{field} echoed");
     }
-    assert_eq!(db["pool_config"]["pool_size"], 3);
+    assert_eq!(
+        (db["pool_config"]["pool_size"].clone(), db["pool_config"]["max_active"].clone()),
+        (3.into(), 50.into())
+    );
     let conn = db["connection_string"].as_str().expect("connection_string");
     assert!(conn.contains(&format!(":{}/{id}", ports.pooled)), "{conn}");
 
