@@ -123,15 +123,8 @@ async fn login(upstream: &Upstream, aq: &AuthQuery, timeout: Duration) -> Result
     };
     let role =
         Role { name: aq.user.clone(), verifiers: Vec::new(), upstream_password: Some(aq.password.clone()) };
-    match crate::upstream::connect(&db, &role, &[], None, timeout).await {
-        Ok(up) => Ok(up.stream),
-        Err(e) => {
-            Err(e.response.and_then(|r| r.message().map(str::to_owned)).map_or(e.detail.clone(), |m| {
-                // The upstream's own words say why (wrong password, no such database).
-                if e.detail.is_empty() { m } else { format!("{m}: {}", e.detail) }
-            }))
-        }
-    }
+    // The detail carries the upstream's own words (wrong password, no such database).
+    crate::upstream::connect(&db, &role, &[], None, timeout).await.map(|up| up.stream).map_err(|e| e.detail)
 }
 
 /// Runs a simple query and returns the first column of its first row.
