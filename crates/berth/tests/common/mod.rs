@@ -118,23 +118,32 @@ impl Up {
 }
 
 /// A psql session kept open, connected (it has answered a first query) before this returns.
+/// Its errors are collected with their SQLSTATE (`VERBOSITY=verbose`).
 pub struct Held {
     pub child: Child,
     pub stdin: std::process::ChildStdin,
     pub stdout: BufReader<std::process::ChildStdout>,
+    stderr: std::thread::JoinHandle<String>,
 }
 
 pub fn held_psql(uri: &str) -> Held {
     let mut child = Command::new("psql")
         .arg(uri)
-        .args(["-X", "-At"])
+        .args(["-X", "-At", "-v", "VERBOSITY=verbose"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("psql held open");
     let stdin = child.stdin.take().expect("stdin");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut held = Held { child, stdin, stdout };
+    let mut err = child.stderr.take().expect("stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut held = Held { child, stdin, stdout, stderr };
     assert_eq!(held.query("select 'before'"), "before", "the held session did not connect");
     held
 }
@@ -148,9 +157,15 @@ impl Held {
         line.trim().to_owned()
     }
 
-    pub fn close(mut self) {
+    pub fn close(self) {
+        let _ = self.ended();
+    }
+
+    /// Ends psql (if the server has not) and returns everything it printed on stderr.
+    pub fn ended(mut self) -> String {
         drop(self.stdin);
         let _ = self.child.wait();
+        self.stderr.join().unwrap_or_default()
     }
 }
 
@@ -173,6 +188,22 @@ pub fn api(data: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// [`api`] with the answer read as JSON (`Null` when it is not JSON).
+pub fn api_json(data: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, body) = api(data, method, path, body);
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// The job `id` once it has ended (succeeded, failed or cancelled), as the API shows it.
+pub fn ended_job(data: &Path, id: &str) -> serde_json::Value {
+    let mut job = serde_json::Value::Null;
+    wait_for(&format!("job {id} to end"), || {
+        job = api_json(data, "GET", &format!("/v1/jobs/{id}?wait=5"), "").1;
+        ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or_default())
+    });
+    job
 }
 
 pub fn password_of(uri: &str) -> String {
