@@ -4,7 +4,8 @@
 //! runs `pg_backup_stop`, and [`finish`] copies the WAL written meanwhile and writes the
 //! returned `backup_label`, so the copy starts with crash recovery to a consistent state.
 //! Files are cloned with `FICLONE` where the filesystem can (Btrfs, XFS), else copied in
-//! chunks through `copy_file_range`. This module never writes into the source directory.
+//! chunks through `copy_file_range`, never taking the space the running instances need
+//! (see `room`). This module never writes into the source directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::NodeError;
+use crate::room;
 use crate::user::InstanceUser;
 
 /// Directories whose contents a base backup leaves out (basebackup.c's
@@ -131,12 +133,14 @@ pub fn copy_data_dir(src: &Path, dst_root: &Path, progress: &CopyProgress) -> Re
     let dst = dst_root.join("data");
     let mut entries = Vec::new();
     scan(src, Path::new(""), &mut entries)?;
-    for e in &entries {
-        if let Kind::File(size) = e.kind {
-            progress.add_total(size);
-        }
-    }
+    let mut left: u64 = entries.iter().map(|e| if let Kind::File(size) = e.kind { size } else { 0 }).sum();
+    progress.add_total(left);
     let method = if can_reflink(dst_root) { CopyMethod::Reflink } else { CopyMethod::Copy };
+    // A clone shares the source's blocks; a plain copy must fit beside the running instances.
+    let copying = method == CopyMethod::Copy;
+    if copying {
+        room::ensure(dst_root, left)?;
+    }
     fs::DirBuilder::new().mode(0o700).create(&dst).map_err(NodeError::io(&dst))?;
     // No fsync here: PostgreSQL fsyncs the whole data directory before crash recovery, in
     // one pass that batches writeback (flushing file by file during the copy measured slower).
@@ -147,8 +151,12 @@ pub fn copy_data_dir(src: &Path, dst_root: &Path, progress: &CopyProgress) -> Re
                 fs::DirBuilder::new().mode(e.mode).create(&to).map_err(NodeError::io(&to))?;
             }
             Kind::Symlink(target) => std::os::unix::fs::symlink(target, &to).map_err(NodeError::io(&to))?,
-            Kind::File(_) => {
+            Kind::File(size) => {
+                if copying {
+                    room::ensure(dst_root, left)?;
+                }
                 copy_file(&from, &to, e.mode, method, progress)?;
+                left = left.saturating_sub(*size);
             }
         }
     }
@@ -262,9 +270,9 @@ pub fn finish(
             wanted.push((name, entry.metadata().map(|m| m.len()).unwrap_or(0)));
         }
     }
-    for (_, size) in &wanted {
-        progress.add_total(*size);
-    }
+    let wal: u64 = wanted.iter().map(|(_, size)| size).sum();
+    progress.add_total(wal);
+    room::ensure(dst_root, wal)?;
     for (name, _) in wanted {
         copy_file(&src_wal.join(&name), &dst_wal.join(&name), 0o600, CopyMethod::Copy, progress)?;
     }

@@ -91,6 +91,15 @@ pub enum NodeError {
         source: nix::Error,
     },
 
+    /// A copy would leave its filesystem with less free space than the running instances
+    /// need: refused before it starts, or stopped before a file once something else took it.
+    #[error(
+        "no space left on device for a copy into {path}: it needs {} MiB and leaves {} MiB free \
+         for the running instances, but {} MiB are free; free some space and try again",
+        needed.div_ceil(1 << 20), reserve >> 20, available >> 20
+    )]
+    NoSpace { path: PathBuf, needed: u64, available: u64, reserve: u64 },
+
     /// Something Berth does not handle (yet), named.
     #[error("not supported: {what}")]
     Unsupported { what: String },

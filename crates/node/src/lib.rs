@@ -15,6 +15,7 @@ mod logtail;
 mod meta;
 mod pidfile;
 mod process;
+mod room;
 pub mod schema;
 mod user;
 

@@ -68,7 +68,9 @@ pub async fn create(control: &Control, job: &Job) -> Result<(), JobError> {
         instances.clear(&r)
     })
     .await?;
-    build_files(control, job, &work, &root).await?;
+    if let Err(e) = build_files(control, job, &work, &root).await {
+        return Err(discard(&root, e).await);
+    }
     let instances = Arc::clone(&control.instances);
     let id = work.branch.id.clone();
     blocking(move || instances.start(&id)).await?;
@@ -89,7 +91,9 @@ pub async fn reset(control: &Control, job: &Job) -> Result<(), JobError> {
     let instances = Arc::clone(&control.instances);
     let s = staging.clone();
     blocking(move || instances.clear(&s)).await?;
-    build_files(control, job, &work, &staging).await?;
+    if let Err(e) = build_files(control, job, &work, &staging).await {
+        return Err(discard(&staging, e).await);
+    }
     if work.branch.data != "full" {
         // Set up on the staging instance, then stop it: the swap starts it as the branch.
         let bins = control.instances.binaries().clone();
@@ -134,6 +138,23 @@ async fn build_files(control: &Control, job: &Job, work: &Work, root: &Path) -> 
     let instances = Arc::clone(&control.instances);
     let root = root.to_owned();
     blocking(move || instances.from_template(&root).map(drop)).await
+}
+
+/// Removes what a failed build left at `root` at once, not when the job has failed for good:
+/// a partial copy may be what filled the disk the parent writes its WAL to. Nothing there
+/// has been started (a build only writes files), so there is no instance to stop, and a
+/// partial copy may lack what opening one needs. Returns `error`.
+async fn discard(root: &Path, error: JobError) -> JobError {
+    let r = root.to_owned();
+    let removed = blocking(move || match std::fs::remove_dir_all(&r) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(node::NodeError::Io { path: r, source: e }),
+        _ => Ok(()),
+    })
+    .await;
+    if let Err(e) = removed {
+        tracing::error!(root = %root.display(), error = %e.message, "could not remove a failed build's files");
+    }
+    error
 }
 
 /// The project's database and roles on a fresh instance, and for `schema` the parent's

@@ -58,6 +58,17 @@ impl From<NodeError> for JobError {
             | NodeError::NoInstanceUser { .. }
             | NodeError::InvalidSuperuser { .. }
             | NodeError::Unsupported { .. } => out.classification = RetryClassification::Permanent,
+            // A full disk stays full until someone frees space, and each retry would fill it
+            // again under the running instances.
+            NodeError::NoSpace { .. } => out.classification = RetryClassification::Permanent,
+            NodeError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                out.classification = RetryClassification::Permanent;
+            }
             _ => {}
         }
         out
