@@ -3,14 +3,14 @@
 //! version negotiation. Packets are read with exact-length reads so no plaintext byte that a
 //! client pipelines after SSLRequest is ever taken as part of the TLS session.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wire::backend::BackendMessage;
 use wire::startup::{MAX_STARTUP_LEN, decode_startup_body};
 use wire::{CancelRequest, ProtocolVersion, SqlState, StartupMessage, StartupPacket};
 
 use crate::error::{ErrorKind, SessionError};
-use crate::stream::{ClientStream, Prefixed};
+use crate::stream::ClientStream;
 use crate::tls::{ALPN_POSTGRESQL, TlsServer};
 
 /// The first byte of a TLS record carrying a handshake: a startup packet's length never
@@ -35,14 +35,12 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
             let Some(tls) = tls else {
                 return Err(SessionError::new(ErrorKind::Tls, "direct TLS without a certificate", None));
             };
-            let prefixed = Prefixed::new(Bytes::copy_from_slice(&len_buf), raw);
-            let stream =
-                tls.acceptor.accept(prefixed).await.map_err(|e| {
-                    SessionError::new(ErrorKind::Tls, format!("direct TLS handshake: {e}"), None)
-                })?;
+            let (stream, alpn) = crate::tls_conn::accept(tls.config.clone(), raw, &len_buf)
+                .await
+                .map_err(|e| SessionError::new(ErrorKind::Tls, format!("direct TLS handshake: {e}"), None))?;
             // PostgreSQL 17 insists on ALPN for direct TLS so that a TLS connection meant for
             // another service is never taken for one to PostgreSQL.
-            if stream.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+            if alpn.as_deref() != Some(ALPN_POSTGRESQL) {
                 return Err(SessionError::new(ErrorKind::Tls, "direct TLS without ALPN postgresql", None));
             }
             let mut stream = ClientStream::Tls(Box::new(stream));
@@ -61,10 +59,9 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     continue;
                 };
                 raw.write_all(b"S").await?;
-                let stream =
-                    tls.acceptor.accept(Prefixed::new(Bytes::new(), raw)).await.map_err(|e| {
-                        SessionError::new(ErrorKind::Tls, format!("TLS handshake: {e}"), None)
-                    })?;
+                let (stream, _) = crate::tls_conn::accept(tls.config.clone(), raw, &[])
+                    .await
+                    .map_err(|e| SessionError::new(ErrorKind::Tls, format!("TLS handshake: {e}"), None))?;
                 let mut stream = ClientStream::Tls(Box::new(stream));
                 let packet = after_tls(&mut stream).await?;
                 return into_negotiated(stream, packet);

@@ -24,6 +24,7 @@ mod server;
 mod session;
 mod stream;
 pub mod tls;
+mod tls_conn;
 pub mod units;
 mod upstream;
 mod upstream_tls;

@@ -10,7 +10,6 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
-use tokio_rustls::TlsAcceptor;
 use wire::scram::ChannelBinding;
 
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -40,7 +39,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A ready TLS server side: the acceptor and the channel binding of its certificate.
 #[derive(Clone)]
 pub struct TlsServer {
-    pub acceptor: TlsAcceptor,
+    /// With secret extraction on: after the handshake, records are handled by `tls_conn`.
+    pub config: Arc<ServerConfig>,
     pub channel_binding: ChannelBinding,
 }
 
@@ -76,7 +76,8 @@ impl TlsServer {
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-        Ok(TlsServer { acceptor: TlsAcceptor::from(Arc::new(config)), channel_binding })
+        config.enable_secret_extraction = true;
+        Ok(TlsServer { config: Arc::new(config), channel_binding })
     }
 }
 

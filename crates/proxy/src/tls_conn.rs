@@ -1,0 +1,569 @@
+//! The client side of TLS after the handshake. rustls (its unbuffered API) runs the
+//! handshake; then the traffic keys are taken out of it and records are sealed and opened
+//! here with ring, in buffers on the stack. What a connection keeps between reads is its
+//! keys and at most one partial record: an idle client holds no buffers at all, where
+//! rustls's buffered connection keeps a 4 KiB receive buffer and a copy of every record.
+//! rustls keeps what a TLS 1.3 key update needs.
+//!
+//! Records: TLS 1.3 (RFC 8446 §5.2: inner content type, nonce = iv ^ seq, header as AAD)
+//! and TLS 1.2 AEAD (RFC 5288 AES-GCM with an explicit nonce, RFC 7905 ChaCha20-Poly1305),
+//! with AAD = seq, type, version, length. Renegotiation is refused; a TLS 1.3 key update
+//! from the client is followed (and answered when asked); AES-GCM keys are renewed (1.3) or
+//! the connection closed (1.2) before their record limit.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+const HEADER: usize = 5;
+const TAG: usize = 16;
+/// Largest plaintext of a record.
+const MAX_PLAIN: usize = 1 << 14;
+/// Largest ciphertext fragment a peer may send (RFC 8446 §5.2, RFC 5246 §6.2.3).
+const MAX_FRAGMENT: usize = MAX_PLAIN + 256;
+/// Room for one whole record of the largest size.
+const RECORD_ROOM: usize = HEADER + MAX_FRAGMENT;
+/// Largest handshake message accepted while handshaking.
+const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
+/// AES-GCM records per key (rustls's own limit, below the 2^24.5 of RFC 8446 §5.5).
+const AES_GCM_RECORD_LIMIT: u64 = 1 << 24;
+/// What sealing adds to a record at most: header, explicit nonce or inner type, tag.
+const OVERHEAD: usize = HEADER + 8 + TAG;
+
+const APPLICATION_DATA: u8 = 23;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const KEY_UPDATE: u8 = 24;
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const RECORD_OVERFLOW: u8 = 22;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Version {
+    Tls13,
+    /// TLS 1.2 AES-GCM: an 8-byte explicit nonce leads each fragment.
+    Tls12Gcm,
+    /// TLS 1.2 ChaCha20-Poly1305: the nonce is implicit, as in 1.3.
+    Tls12Chacha,
+}
+
+/// One direction's key, fixed IV and record sequence number.
+struct Keys {
+    key: LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+    aes_gcm: bool,
+}
+
+impl Keys {
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> io::Result<Self> {
+        let (alg, key, iv, aes_gcm) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv, true),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv, false)
+            }
+            _ => return Err(invalid("unsupported cipher suite")),
+        };
+        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| invalid("bad traffic key"))?;
+        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| invalid("bad traffic iv"))?;
+        Ok(Keys { key: LessSafeKey::new(key), iv, seq, aes_gcm })
+    }
+
+    /// The nonce of the next record: the IV with the sequence number xored into its tail.
+    fn nonce(&self) -> [u8; 12] {
+        let mut n = self.iv;
+        for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        n
+    }
+
+    fn next_seq(&mut self) -> io::Result<()> {
+        self.seq = self.seq.checked_add(1).ok_or_else(|| invalid("record sequence exhausted"))?;
+        Ok(())
+    }
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// TLS 1.2 additional data: sequence number, type, version, plaintext length.
+fn aad12(seq: u64, typ: u8, len: usize) -> [u8; 13] {
+    let mut a = [0u8; 13];
+    a[..8].copy_from_slice(&seq.to_be_bytes());
+    a[8] = typ;
+    a[9] = 3;
+    a[10] = 3;
+    a[11..].copy_from_slice(&(len as u16).to_be_bytes());
+    a
+}
+
+/// Runs the server side of the handshake over `io`. `prefix` is what was already read from
+/// it (the start of a direct-TLS ClientHello). The ALPN protocol the client chose is
+/// returned with the connection.
+pub async fn accept<S>(
+    config: Arc<ServerConfig>,
+    mut io: S,
+    prefix: &[u8],
+) -> io::Result<(TlsConn<S>, Option<Vec<u8>>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut incoming = Vec::with_capacity(4096.max(prefix.len()));
+    incoming.extend_from_slice(prefix);
+    let mut outgoing: Vec<u8> = Vec::new();
+    let mut early: Vec<u8> = Vec::new();
+    loop {
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut incoming);
+        let mut read_more = false;
+        let mut done = false;
+        match state.map_err(tls_error)? {
+            ConnectionState::EncodeTlsData(mut st) => {
+                let start = outgoing.len();
+                outgoing.resize(start + 4096, 0);
+                let n = loop {
+                    match st.encode(&mut outgoing[start..]) {
+                        Ok(n) => break n,
+                        Err(EncodeError::InsufficientSize(e)) => outgoing.resize(start + e.required_size, 0),
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    }
+                };
+                outgoing.truncate(start + n);
+            }
+            ConnectionState::TransmitTlsData(st) => {
+                io.write_all(&outgoing).await?;
+                io.flush().await?;
+                outgoing.clear();
+                st.done();
+            }
+            ConnectionState::BlockedHandshake => read_more = true,
+            ConnectionState::ReadTraffic(mut rt) => {
+                while let Some(rec) = rt.next_record() {
+                    let rec = rec.map_err(tls_error)?;
+                    discard += rec.discard;
+                    early.extend_from_slice(rec.payload);
+                }
+            }
+            ConnectionState::WriteTraffic(_) => done = true,
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
+            }
+            _ => return Err(invalid("unexpected TLS state during the handshake")),
+        }
+        incoming.drain(..discard);
+        if done {
+            break;
+        }
+        if read_more {
+            if incoming.len() >= MAX_HANDSHAKE_BUFFER {
+                return Err(invalid("TLS handshake message too large"));
+            }
+            let start = incoming.len();
+            incoming.resize(start + 4096, 0);
+            let n = io.read(&mut incoming[start..]).await?;
+            incoming.truncate(start + n);
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
+            }
+        }
+    }
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    let version = match (kernel.protocol_version(), &secrets.rx.1) {
+        (ProtocolVersion::TLSv1_3, _) => Version::Tls13,
+        (ProtocolVersion::TLSv1_2, ConnectionTrafficSecrets::Chacha20Poly1305 { .. }) => Version::Tls12Chacha,
+        (ProtocolVersion::TLSv1_2, _) => Version::Tls12Gcm,
+        _ => return Err(invalid("unsupported TLS version")),
+    };
+    let rx = Keys::new(secrets.rx.0, secrets.rx.1)?;
+    let tx = Keys::new(secrets.tx.0, secrets.tx.1)?;
+    // Records that came after the client's Finished stay for the first read.
+    let conn = TlsConn {
+        io,
+        version,
+        rx,
+        tx,
+        kernel: Box::new(kernel),
+        cipher: incoming,
+        plain: early,
+        plain_pos: 0,
+        out: Vec::new(),
+        out_pos: 0,
+        eof: false,
+        close_sent: false,
+    };
+    Ok((conn.shrunk(), alpn))
+}
+
+/// A server-side TLS connection whose records are handled here.
+pub struct TlsConn<S> {
+    io: S,
+    version: Version,
+    rx: Keys,
+    tx: Keys,
+    kernel: Box<KernelConnection<ServerConnectionData>>,
+    /// Received bytes of records not yet opened (a partial record, usually empty).
+    cipher: Vec<u8>,
+    /// Opened plaintext the reader has not taken yet (from `plain_pos`).
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// Sealed records not yet written (from `out_pos`).
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The client sent close_notify.
+    eof: bool,
+    close_sent: bool,
+}
+
+impl<S> TlsConn<S> {
+    fn shrunk(mut self) -> Self {
+        if self.cipher.is_empty() {
+            self.cipher = Vec::new();
+        }
+        if self.plain.is_empty() {
+            self.plain = Vec::new();
+        }
+        self
+    }
+
+    /// Seals `data` as one record of `typ` into `dst` (room for `data` plus
+    /// `2 * OVERHEAD`: a key update may come first); the bytes written.
+    fn seal(&mut self, typ: u8, data: &[u8], dst: &mut [u8]) -> io::Result<usize> {
+        debug_assert!(data.len() <= MAX_PLAIN);
+        let mut n = 0;
+        if self.tx.aes_gcm && self.tx.seq >= AES_GCM_RECORD_LIMIT {
+            n = self.renew_tx_key(dst)?;
+        }
+        Ok(n + self.seal_raw(typ, data, &mut dst[n..])?)
+    }
+
+    /// Seals one record under the current key, into the start of `dst`.
+    fn seal_raw(&mut self, typ: u8, data: &[u8], dst: &mut [u8]) -> io::Result<usize> {
+        let nonce = self.tx.nonce();
+        let (explicit, inner_type) = match self.version {
+            Version::Tls13 => (0, 1),
+            Version::Tls12Gcm => (8, 0),
+            Version::Tls12Chacha => (0, 0),
+        };
+        let body_len = data.len() + inner_type;
+        let len = explicit + body_len + TAG;
+        let (header, rest) = dst.split_at_mut(HEADER);
+        header[0] = if self.version == Version::Tls13 { APPLICATION_DATA } else { typ };
+        header[1] = 3;
+        header[2] = 3;
+        header[3..5].copy_from_slice(&(len as u16).to_be_bytes());
+        rest[..explicit].copy_from_slice(&nonce[12 - explicit..]);
+        let body = &mut rest[explicit..explicit + body_len];
+        body[..data.len()].copy_from_slice(data);
+        if inner_type == 1 {
+            body[data.len()] = typ;
+        }
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        let tag = match self.version {
+            Version::Tls13 => self.tx.key.seal_in_place_separate_tag(nonce, Aad::from(&*header), body),
+            _ => {
+                let aad = aad12(self.tx.seq, typ, data.len());
+                self.tx.key.seal_in_place_separate_tag(nonce, Aad::from(aad), body)
+            }
+        }
+        .map_err(|_| invalid("encryption failed"))?;
+        rest[explicit + body_len..explicit + body_len + TAG].copy_from_slice(tag.as_ref());
+        self.tx.next_seq()?;
+        Ok(HEADER + len)
+    }
+
+    /// Before AES-GCM's record limit: a TLS 1.3 key update, or the end of a TLS 1.2
+    /// connection (which has no way to renew keys short of renegotiation).
+    fn renew_tx_key(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        if self.version != Version::Tls13 {
+            return Err(invalid("TLS 1.2 record limit of the key reached"));
+        }
+        // KeyUpdate, update_not_requested, under the old key.
+        let n = self.seal_raw(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], dst)?;
+        let (seq, secrets) = self.kernel.update_tx_secret().map_err(tls_error)?;
+        self.tx = Keys::new(seq, secrets)?;
+        Ok(n)
+    }
+
+    /// Opens the whole record at the start of `rec` in place; its plaintext and content type.
+    fn open<'a>(&mut self, rec: &'a mut [u8]) -> io::Result<(u8, &'a mut [u8])> {
+        let outer = rec[0];
+        let (header, frag) = rec.split_at_mut(HEADER);
+        let nonce = self.rx.nonce();
+        let (typ, plain) = match self.version {
+            Version::Tls13 => {
+                if outer != APPLICATION_DATA {
+                    return Err(invalid("unencrypted TLS record after the handshake"));
+                }
+                let plain = self
+                    .rx
+                    .key
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&*header), frag)
+                    .map_err(|_| invalid("TLS record failed to decrypt"))?;
+                // The content type is the last non-zero byte; zeros after it are padding.
+                let end = plain
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .ok_or_else(|| invalid("TLS record without a type"))?;
+                let typ = plain[end];
+                (typ, &mut plain[..end])
+            }
+            Version::Tls12Gcm | Version::Tls12Chacha => {
+                let explicit = if self.version == Version::Tls12Gcm { 8 } else { 0 };
+                if frag.len() < explicit + TAG {
+                    return Err(invalid("TLS record too short"));
+                }
+                let mut nonce = nonce;
+                if explicit > 0 {
+                    nonce[4..].copy_from_slice(&frag[..8]);
+                }
+                let aad = aad12(self.rx.seq, outer, frag.len() - explicit - TAG);
+                let plain = self
+                    .rx
+                    .key
+                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut frag[explicit..])
+                    .map_err(|_| invalid("TLS record failed to decrypt"))?;
+                (outer, plain)
+            }
+        };
+        self.rx.next_seq()?;
+        Ok((typ, plain))
+    }
+
+    /// Acts on one opened record: data is appended to `plain` (and `into`, while it has
+    /// room), an alert or a handshake message is handled.
+    fn on_record(
+        &mut self,
+        typ: u8,
+        data: &[u8],
+        into: &mut ReadBuf<'_>,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        match typ {
+            APPLICATION_DATA => {
+                let n = data.len().min(into.remaining());
+                into.put_slice(&data[..n]);
+                self.plain.extend_from_slice(&data[n..]);
+                Ok(())
+            }
+            ALERT => {
+                if data == [1, 0] || data == [2, 0] {
+                    self.eof = true;
+                    Ok(())
+                } else {
+                    Err(io::Error::new(io::ErrorKind::ConnectionAborted, "TLS alert from the client"))
+                }
+            }
+            HANDSHAKE if self.version == Version::Tls13 => self.on_handshake(data, out),
+            HANDSHAKE => Err(invalid("TLS renegotiation is not supported")),
+            _ => Err(invalid("unexpected TLS record type")),
+        }
+    }
+
+    /// TLS 1.3 post-handshake messages: only KeyUpdate is expected from a client.
+    fn on_handshake(&mut self, mut msgs: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        while !msgs.is_empty() {
+            if msgs.len() < 4 {
+                return Err(invalid("truncated TLS handshake message"));
+            }
+            let len = u32::from_be_bytes([0, msgs[1], msgs[2], msgs[3]]) as usize;
+            if msgs[0] != KEY_UPDATE || len != 1 || msgs.len() < 5 || msgs[4] > 1 {
+                return Err(invalid("unexpected TLS handshake message after the handshake"));
+            }
+            let (seq, secrets) = self.kernel.update_rx_secret().map_err(tls_error)?;
+            self.rx = Keys::new(seq, secrets)?;
+            if msgs[4] == 1 {
+                // update_requested: answer under the old key, then switch.
+                let mut rec = [0u8; HEADER + 5 + 1 + 8 + TAG];
+                let n = self.seal_raw(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut rec)?;
+                out.extend_from_slice(&rec[..n]);
+                let (seq, secrets) = self.kernel.update_tx_secret().map_err(tls_error)?;
+                self.tx = Keys::new(seq, secrets)?;
+            }
+            msgs = &msgs[5..];
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncWrite + Unpin> TlsConn<S> {
+    /// Tells the client why the connection ends (a fatal alert, sent if the socket takes it
+    /// now) and hands back the error.
+    fn alert(&mut self, cx: &mut Context<'_>, description: u8, e: io::Error) -> io::Error {
+        if !self.close_sent {
+            self.close_sent = true;
+            let mut rec = [0u8; 2 + 2 * OVERHEAD + 8];
+            if let Ok(n) = self.seal(ALERT, &[2, description], &mut rec) {
+                let _ = self.send(cx, &rec[..n]);
+            }
+        }
+        e
+    }
+
+    /// Writes out sealed records that are waiting. Ready(Ok) once none are.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.out = Vec::new();
+        self.out_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes `rec` (sealed records) now as far as the socket takes it; keeps the rest.
+    fn send(&mut self, cx: &mut Context<'_>, rec: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        if self.out.is_empty() {
+            while done < rec.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &rec[done..]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => done += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        self.out.extend_from_slice(&rec[done..]);
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_pos < this.plain.len() {
+                let n = (this.plain.len() - this.plain_pos).min(buf.remaining());
+                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
+                this.plain_pos += n;
+                if this.plain_pos == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.plain_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            // Read into the stack, after any partial record kept from the last read.
+            // Not zeroed: only what is read is looked at.
+            let mut space = [MaybeUninit::<u8>::uninit(); 2 * RECORD_ROOM];
+            let mut rb = ReadBuf::uninit(&mut space);
+            let kept = this.cipher.len();
+            rb.put_slice(&this.cipher);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let got = rb.filled().len() - kept;
+            let room = rb.filled_mut();
+            if got == 0 {
+                if kept > 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed inside a TLS record",
+                    )));
+                }
+                // A close without close_notify: reported as the end of the stream, as the
+                // session cannot tell the difference that matters here.
+                return Poll::Ready(Ok(()));
+            }
+            this.cipher = Vec::new();
+            let filled = kept + got;
+            let before = buf.filled().len();
+            let mut replies = Vec::new();
+            let mut pos = 0;
+            while filled - pos >= HEADER {
+                let len = u16::from_be_bytes([room[pos + 3], room[pos + 4]]) as usize;
+                if len > MAX_FRAGMENT {
+                    return Poll::Ready(Err(this.alert(cx, RECORD_OVERFLOW, invalid("TLS record too long"))));
+                }
+                if filled - pos < HEADER + len {
+                    break;
+                }
+                let (typ, data) = match this.open(&mut room[pos..pos + HEADER + len]) {
+                    Ok((typ, data)) => (typ, &*data),
+                    Err(e) => return Poll::Ready(Err(this.alert(cx, BAD_RECORD_MAC, e))),
+                };
+                if let Err(e) = this.on_record(typ, data, buf, &mut replies) {
+                    return Poll::Ready(Err(this.alert(cx, UNEXPECTED_MESSAGE, e)));
+                }
+                pos += HEADER + len;
+                if this.eof {
+                    break;
+                }
+            }
+            if !this.eof && pos < filled {
+                this.cipher.extend_from_slice(&room[pos..filled]);
+            }
+            if !replies.is_empty()
+                && let Err(e) = this.send(cx, &replies)
+            {
+                return Poll::Ready(Err(e));
+            }
+            if buf.filled().len() > before || this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            // Only a partial record, or records without data: read again.
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if this.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let take = data.len().min(MAX_PLAIN);
+        let mut room = [0u8; MAX_PLAIN + 2 * OVERHEAD + 8];
+        let sent =
+            this.seal(APPLICATION_DATA, &data[..take], &mut room).and_then(|n| this.send(cx, &room[..n]));
+        Poll::Ready(sent.map(|()| take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if !this.close_sent {
+            this.close_sent = true;
+            // close_notify, warning level.
+            let mut rec = [0u8; 2 + 2 * OVERHEAD + 8];
+            let n = this.seal(ALERT, &[1, 0], &mut rec)?;
+            this.send(cx, &rec[..n])?;
+            ready!(this.poll_drain(cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
