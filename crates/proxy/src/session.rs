@@ -24,7 +24,9 @@ where
 {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + shared.settings.auth_timeout;
-    let logged_in = match tokio::time::timeout_at(deadline, login(&shared, raw)).await {
+    // Each phase's future is boxed: the task keeps only the live phase's state, so an idle
+    // session does not carry the space of the TLS handshake and login it went through.
+    let logged_in = match Box::pin(tokio::time::timeout_at(deadline, login(&shared, raw))).await {
         Err(_) => {
             tracing::info!(%peer, "closing connection: authentication timeout");
             return;
@@ -36,7 +38,7 @@ where
         }
         Ok(Ok(None)) => return,
         Ok(Ok(Some(Login::Admin { client, user }))) => {
-            let end = crate::admin::run(&shared, client, &user).await;
+            let end = Box::pin(crate::admin::run(&shared, client, &user)).await;
             tracing::info!(%peer, %user, reason = %end, "admin session ended");
             return;
         }
@@ -47,26 +49,30 @@ where
     let client_entry = shared.clients.register(&peer, &db, &user, &app, kind);
     match kind {
         ListenerKind::Direct => {
-            let session =
-                match tokio::time::timeout_at(deadline, crate::direct::establish(&shared, logged_in)).await {
-                    Err(_) => {
-                        tracing::info!(%peer, "closing connection: authentication timeout");
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        log_end(&peer, &e);
-                        return;
-                    }
-                    Ok(Ok(s)) => s,
-                };
+            let session = match Box::pin(tokio::time::timeout_at(
+                deadline,
+                crate::direct::establish(&shared, logged_in),
+            ))
+            .await
+            {
+                Err(_) => {
+                    tracing::info!(%peer, "closing connection: authentication timeout");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    log_end(&peer, &e);
+                    return;
+                }
+                Ok(Ok(s)) => s,
+            };
             tracing::info!(%peer, %db, %user, setup_ms = started.elapsed().as_millis() as u64, "session started");
-            let end = crate::direct::run(&shared, session, &client_entry.info.gone).await;
+            let end = Box::pin(crate::direct::run(&shared, session, &client_entry.info.gone)).await;
             drop(client_entry);
             tracing::info!(%peer, %db, %user, reason = %end, "session ended");
         }
         ListenerKind::Pooled => {
             let end =
-                crate::pool::session::run(&shared, logged_in, deadline, &peer, &client_entry.info).await;
+                Box::pin(crate::pool::session::run(&shared, logged_in, &peer, &client_entry.info)).await;
             tracing::info!(%peer, %db, %user, reason = %end, "pooled session ended");
         }
     }

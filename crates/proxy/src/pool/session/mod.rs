@@ -63,10 +63,30 @@ use timers::far_future;
 pub(crate) async fn run<S>(
     shared: &Arc<Shared>,
     li: LoggedIn<S>,
-    login_deadline: tokio::time::Instant,
     peer: &str,
     info: &Arc<ClientInfo>,
 ) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Each phase is boxed and the session lives on the heap: what stays while a client sits
+    // idle is the session and its event loop, not the room its login needed.
+    let (mut s, _counted) = match Box::pin(open(shared, li, peer, info)).await {
+        Ok(opened) => opened,
+        Err(reason) => return reason,
+    };
+    let reason = Box::pin(s.run()).await;
+    Box::pin(s.finish()).await;
+    reason
+}
+
+/// Builds the session and finishes the client's login on a server of the pool.
+async fn open<S>(
+    shared: &Arc<Shared>,
+    li: LoggedIn<S>,
+    peer: &str,
+    info: &Arc<ClientInfo>,
+) -> Result<(Box<Session<S>>, super::stats::ClientCount), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -77,11 +97,12 @@ where
             let e =
                 SessionError::fatal(crate::error::ErrorKind::Protocol, SqlState::FEATURE_NOT_SUPPORTED, msg);
             let e = send_error(&mut client, e).await;
-            return e.detail;
+            return Err(e.detail);
         }
     };
+    drop(startup);
     let pool = shared.pools.get(&db, &user, shared.settings.connect_timeout);
-    let _counted = super::stats::ClientCount::new(&pool);
+    let counted = super::stats::ClientCount::new(&pool);
     if let Some(keys) = &keys {
         pool.remember_keys(keys);
     }
@@ -89,7 +110,7 @@ where
     let pid = (rand::random::<u32>() >> 1) as i32;
     let cancel = shared.cancels.register(pid, None);
     let mode = pool.config().pool_mode;
-    let mut s = Session {
+    let mut s = Box::new(Session {
         shared: Arc::clone(shared),
         pool,
         mode,
@@ -115,24 +136,21 @@ where
         shutting_down: false,
         info: Arc::clone(info),
         _count: count,
-    };
+    });
     // The authentication deadline is behind us: what remains of login may wait for a server,
     // and that wait is bounded by pool_timeout with a clear error, not by a silent close.
-    let _ = login_deadline;
     let bound = s.pool.config().pool_timeout + shared.settings.connect_timeout + Duration::from_secs(5);
     match tokio::time::timeout(bound, s.login(pid)).await {
-        Err(_) => return "login did not finish".into(),
+        Err(_) => return Err("login did not finish".into()),
         Ok(Err(e)) => {
             s.client.wbuf.extend_from_slice(&e.to_error_message());
             let _ = s.write_out().await;
-            return e.to_string();
+            return Err(e.to_string());
         }
         Ok(Ok(())) => {}
     }
     tracing::info!(%peer, db = %db.name, %user, mode = ?mode, "pooled session started");
-    let reason = s.run().await;
-    s.finish().await;
-    reason
+    Ok((s, counted))
 }
 
 /// A server held by the session.
@@ -223,7 +241,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             match event {
                 Event::NeedServer => {
                     self.info.set_state(ClientState::Waiting);
-                    match checkout(&self.pool).await {
+                    // Boxed: waiting for a server takes more room than the rest of an idle
+                    // session, and idle sessions are the many.
+                    match Box::pin(checkout(&self.pool)).await {
                         Ok(server) => self.attach_server(server),
                         Err(e) => return self.fatal(e).await,
                     }
@@ -233,7 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 Event::ServerGone(reason) => {
                     if self.resend_possible() {
                         tracing::info!(database = %self.pool.key.database, %reason, "server lost before answering; resending the transaction on another server");
-                        if let Err(e) = self.resend().await {
+                        if let Err(e) = Box::pin(self.resend()).await {
                             return self.fatal(e).await;
                         }
                         continue;
@@ -264,8 +284,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         }
     }
 
-    /// Sends an error to the client (between frames only) and ends the session.
-    async fn fatal(&mut self, e: ErrorResponse) -> String {
+    /// Sends an error to the client (between frames only) and ends the session. Boxed: it
+    /// runs once, at the end, and its space should not sit in every idle session.
+    fn fatal(&mut self, e: ErrorResponse) -> std::pin::Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(self.fatal_inner(e))
+    }
+
+    async fn fatal_inner(&mut self, e: ErrorResponse) -> String {
         self.shared.errors.count(e.get(b'C'));
         if self.s_remaining == 0 {
             self.client.wbuf.extend_from_slice(&e.to_error_message());
