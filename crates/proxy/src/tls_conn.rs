@@ -102,6 +102,11 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// Whether `buf` starts with a whole record.
+fn whole_record(buf: &[u8]) -> bool {
+    buf.len() >= HEADER && buf.len() >= HEADER + u16::from_be_bytes([buf[3], buf[4]]) as usize
+}
+
 /// TLS 1.2 additional data: sequence number, type, version, plaintext length.
 fn aad12(seq: u64, typ: u8, len: usize) -> [u8; 13] {
     let mut a = [0u8; 13];
@@ -128,10 +133,13 @@ where
     let mut incoming = Vec::with_capacity(4096.max(prefix.len()));
     incoming.extend_from_slice(prefix);
     let mut outgoing: Vec<u8> = Vec::new();
-    let mut early: Vec<u8> = Vec::new();
+    // rustls is given one whole record at a time (`incoming[..given]`), so every record
+    // after the client's Finished is left for `TlsConn`: rustls never acts on a key update
+    // or a close_notify whose effects the kernel API would not carry over.
+    let mut given = 0;
     loop {
-        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut incoming);
-        let mut read_more = false;
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[..given]);
+        let mut blocked = false;
         let mut done = false;
         match state.map_err(tls_error)? {
             ConnectionState::EncodeTlsData(mut st) => {
@@ -152,14 +160,7 @@ where
                 outgoing.clear();
                 st.done();
             }
-            ConnectionState::BlockedHandshake => read_more = true,
-            ConnectionState::ReadTraffic(mut rt) => {
-                while let Some(rec) = rt.next_record() {
-                    let rec = rec.map_err(tls_error)?;
-                    discard += rec.discard;
-                    early.extend_from_slice(rec.payload);
-                }
-            }
+            ConnectionState::BlockedHandshake => blocked = true,
             ConnectionState::WriteTraffic(_) => done = true,
             ConnectionState::PeerClosed | ConnectionState::Closed => {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
@@ -167,21 +168,47 @@ where
             _ => return Err(invalid("unexpected TLS state during the handshake")),
         }
         incoming.drain(..discard);
+        given -= discard;
+        if done && conn.is_handshaking() {
+            // Half-RTT data is not enabled, but should it be: wait for the client's Finished.
+            (done, blocked) = (false, true);
+        }
         if done {
             break;
         }
-        if read_more {
-            if incoming.len() >= MAX_HANDSHAKE_BUFFER {
-                return Err(invalid("TLS handshake message too large"));
-            }
-            let start = incoming.len();
-            incoming.resize(start + 4096, 0);
-            let n = io.read(&mut incoming[start..]).await?;
-            incoming.truncate(start + n);
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake"));
+        if blocked {
+            // The next whole record, read from the socket if it is not all here yet.
+            loop {
+                let rest = &incoming[given..];
+                if rest.len() >= HEADER {
+                    let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+                    if len > MAX_FRAGMENT {
+                        return Err(invalid("TLS record too long"));
+                    }
+                    if rest.len() >= HEADER + len {
+                        given += HEADER + len;
+                        break;
+                    }
+                }
+                if incoming.len() >= MAX_HANDSHAKE_BUFFER {
+                    return Err(invalid("TLS handshake message too large"));
+                }
+                let start = incoming.len();
+                incoming.resize(start + 4096, 0);
+                let n = io.read(&mut incoming[start..]).await?;
+                incoming.truncate(start + n);
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed during the TLS handshake",
+                    ));
+                }
             }
         }
+    }
+    if incoming.len() > RECORD_ROOM {
+        // The client sent more after its Finished than one read of the first batch takes.
+        return Err(invalid("too much data right after the TLS handshake"));
     }
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
@@ -201,12 +228,15 @@ where
         tx,
         kernel: Box::new(kernel),
         cipher: incoming,
-        plain: early,
+        plain: Vec::new(),
         plain_pos: 0,
         out: Vec::new(),
         out_pos: 0,
         eof: false,
+        failed: false,
         close_sent: false,
+        key_update_due: false,
+        key_updates_in_a_row: 0,
     };
     Ok((conn.shrunk(), alpn))
 }
@@ -228,7 +258,13 @@ pub struct TlsConn<S> {
     out_pos: usize,
     /// The client sent close_notify.
     eof: bool,
+    /// A record failed: every later read fails too.
+    failed: bool,
     close_sent: bool,
+    /// The client asked for our key update: it goes before our next record.
+    key_update_due: bool,
+    /// Key updates received since the last application data (bounded, as rustls does).
+    key_updates_in_a_row: u8,
 }
 
 impl<S> TlsConn<S> {
@@ -247,7 +283,8 @@ impl<S> TlsConn<S> {
     fn seal(&mut self, typ: u8, data: &[u8], dst: &mut [u8]) -> io::Result<usize> {
         debug_assert!(data.len() <= MAX_PLAIN);
         let mut n = 0;
-        if self.tx.aes_gcm && self.tx.seq >= AES_GCM_RECORD_LIMIT {
+        if self.key_update_due || (self.tx.aes_gcm && self.tx.seq >= AES_GCM_RECORD_LIMIT) {
+            self.key_update_due = false;
             n = self.renew_tx_key(dst)?;
         }
         Ok(n + self.seal_raw(typ, data, &mut dst[n..])?)
@@ -321,6 +358,9 @@ impl<S> TlsConn<S> {
                     .iter()
                     .rposition(|&b| b != 0)
                     .ok_or_else(|| invalid("TLS record without a type"))?;
+                if end > MAX_PLAIN {
+                    return Err(invalid("TLS record plaintext too long"));
+                }
                 let typ = plain[end];
                 (typ, &mut plain[..end])
             }
@@ -339,6 +379,9 @@ impl<S> TlsConn<S> {
                     .key
                     .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut frag[explicit..])
                     .map_err(|_| invalid("TLS record failed to decrypt"))?;
+                if plain.len() > MAX_PLAIN {
+                    return Err(invalid("TLS record plaintext too long"));
+                }
                 (outer, plain)
             }
         };
@@ -348,15 +391,10 @@ impl<S> TlsConn<S> {
 
     /// Acts on one opened record: data is appended to `plain` (and `into`, while it has
     /// room), an alert or a handshake message is handled.
-    fn on_record(
-        &mut self,
-        typ: u8,
-        data: &[u8],
-        into: &mut ReadBuf<'_>,
-        out: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    fn on_record(&mut self, typ: u8, data: &[u8], into: &mut ReadBuf<'_>) -> io::Result<()> {
         match typ {
             APPLICATION_DATA => {
+                self.key_updates_in_a_row = 0;
                 let n = data.len().min(into.remaining());
                 into.put_slice(&data[..n]);
                 self.plain.extend_from_slice(&data[n..]);
@@ -370,33 +408,27 @@ impl<S> TlsConn<S> {
                     Err(io::Error::new(io::ErrorKind::ConnectionAborted, "TLS alert from the client"))
                 }
             }
-            HANDSHAKE if self.version == Version::Tls13 => self.on_handshake(data, out),
+            HANDSHAKE if self.version == Version::Tls13 => self.on_handshake(data),
             HANDSHAKE => Err(invalid("TLS renegotiation is not supported")),
             _ => Err(invalid("unexpected TLS record type")),
         }
     }
 
-    /// TLS 1.3 post-handshake messages: only KeyUpdate is expected from a client.
-    fn on_handshake(&mut self, mut msgs: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        while !msgs.is_empty() {
-            if msgs.len() < 4 {
-                return Err(invalid("truncated TLS handshake message"));
-            }
-            let len = u32::from_be_bytes([0, msgs[1], msgs[2], msgs[3]]) as usize;
-            if msgs[0] != KEY_UPDATE || len != 1 || msgs.len() < 5 || msgs[4] > 1 {
-                return Err(invalid("unexpected TLS handshake message after the handshake"));
-            }
-            let (seq, secrets) = self.kernel.update_rx_secret().map_err(tls_error)?;
-            self.rx = Keys::new(seq, secrets)?;
-            if msgs[4] == 1 {
-                // update_requested: answer under the old key, then switch.
-                let mut rec = [0u8; HEADER + 5 + 1 + 8 + TAG];
-                let n = self.seal_raw(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut rec)?;
-                out.extend_from_slice(&rec[..n]);
-                let (seq, secrets) = self.kernel.update_tx_secret().map_err(tls_error)?;
-                self.tx = Keys::new(seq, secrets)?;
-            }
-            msgs = &msgs[5..];
+    /// TLS 1.3 post-handshake messages: only KeyUpdate is expected from a client, alone in
+    /// its record (a key change must not fall inside a record, RFC 8446 §5.1). An answer that
+    /// is asked for goes before our next record (§4.6.3), once however often it was asked.
+    fn on_handshake(&mut self, msg: &[u8]) -> io::Result<()> {
+        if msg.len() != 5 || msg[..4] != [KEY_UPDATE, 0, 0, 1] || msg[4] > 1 {
+            return Err(invalid("unexpected TLS handshake message after the handshake"));
+        }
+        self.key_updates_in_a_row += 1;
+        if self.key_updates_in_a_row > 32 {
+            return Err(invalid("too many TLS key updates without data"));
+        }
+        let (seq, secrets) = self.kernel.update_rx_secret().map_err(tls_error)?;
+        self.rx = Keys::new(seq, secrets)?;
+        if msg[4] == 1 {
+            self.key_update_due = true;
         }
         Ok(())
     }
@@ -465,21 +497,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
+            if this.failed || this.cipher.len() > RECORD_ROOM {
+                this.failed = true;
+                return Poll::Ready(Err(invalid("the TLS connection failed")));
+            }
             // Read into the stack, after any partial record kept from the last read.
             // Not zeroed: only what is read is looked at.
             let mut space = [MaybeUninit::<u8>::uninit(); 2 * RECORD_ROOM];
             let mut rb = ReadBuf::uninit(&mut space);
             let kept = this.cipher.len();
             rb.put_slice(&this.cipher);
-            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+            let read = Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            let got = rb.filled().len() - kept;
+            let room = rb.filled_mut();
+            match read {
+                // Nothing new, but whole records may be waiting (those that came with the
+                // client's Finished).
+                Poll::Pending if whole_record(room) => {}
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            let got = rb.filled().len() - kept;
-            let room = rb.filled_mut();
-            if got == 0 {
+            if got == 0 && read.is_ready() {
                 if kept > 0 {
+                    this.failed = true;
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the client closed inside a TLS record",
@@ -492,11 +533,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
             this.cipher = Vec::new();
             let filled = kept + got;
             let before = buf.filled().len();
-            let mut replies = Vec::new();
             let mut pos = 0;
             while filled - pos >= HEADER {
                 let len = u16::from_be_bytes([room[pos + 3], room[pos + 4]]) as usize;
                 if len > MAX_FRAGMENT {
+                    this.failed = true;
                     return Poll::Ready(Err(this.alert(cx, RECORD_OVERFLOW, invalid("TLS record too long"))));
                 }
                 if filled - pos < HEADER + len {
@@ -504,9 +545,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
                 }
                 let (typ, data) = match this.open(&mut room[pos..pos + HEADER + len]) {
                     Ok((typ, data)) => (typ, &*data),
-                    Err(e) => return Poll::Ready(Err(this.alert(cx, BAD_RECORD_MAC, e))),
+                    Err(e) => {
+                        this.failed = true;
+                        return Poll::Ready(Err(this.alert(cx, BAD_RECORD_MAC, e)));
+                    }
                 };
-                if let Err(e) = this.on_record(typ, data, buf, &mut replies) {
+                if let Err(e) = this.on_record(typ, data, buf) {
+                    this.failed = true;
                     return Poll::Ready(Err(this.alert(cx, UNEXPECTED_MESSAGE, e)));
                 }
                 pos += HEADER + len;
@@ -516,11 +561,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
             }
             if !this.eof && pos < filled {
                 this.cipher.extend_from_slice(&room[pos..filled]);
-            }
-            if !replies.is_empty()
-                && let Err(e) = this.send(cx, &replies)
-            {
-                return Poll::Ready(Err(e));
             }
             if buf.filled().len() > before || this.eof {
                 return Poll::Ready(Ok(()));

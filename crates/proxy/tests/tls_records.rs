@@ -143,3 +143,27 @@ async fn a_forged_record_ends_its_connection_with_an_alert() {
     assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
     s.assert_serving().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_key_updates_without_data_ends_the_connection() {
+    let s = stack().await;
+    let mut tls = s.tls_via_ssl_request().await;
+    for _ in 0..40 {
+        tls.stream.get_mut().1.refresh_traffic_keys().unwrap();
+    }
+    // rustls sends its updates with the next write.
+    tls.stream.write_all(&alice_startup(ProtocolVersion::V3_0)).await.unwrap();
+    tls.stream.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    let end = within("the end", tls.stream.read(&mut buf)).await;
+    assert!(matches!(end, Ok(0) | Err(_)), "the proxy should close, got {end:?}");
+    s.assert_serving().await;
+
+    // A few updates between messages are fine.
+    let mut tls = s.tls_via_ssl_request().await;
+    for _ in 0..3 {
+        tls.stream.get_mut().1.refresh_traffic_keys().unwrap();
+    }
+    tls.send(&alice_startup(ProtocolVersion::V3_0)).await;
+    assert_eq!(tls.frame().await.expect("AuthenticationSASL").tag, b'R');
+}
