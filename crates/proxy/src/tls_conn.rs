@@ -518,16 +518,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
-            if got == 0 && read.is_ready() {
-                if kept > 0 {
-                    this.failed = true;
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the client closed inside a TLS record",
-                    )));
-                }
-                // A close without close_notify: reported as the end of the stream, as the
-                // session cannot tell the difference that matters here.
+            // The client closed: what it sent before still counts (a CancelRequest and the
+            // close right after it, say). A close without close_notify is the end of the
+            // stream too, as the session cannot tell the difference that matters here.
+            let closed = got == 0 && read.is_ready();
+            if closed && kept == 0 {
+                this.eof = true;
                 return Poll::Ready(Ok(()));
             }
             this.cipher = Vec::new();
@@ -560,8 +556,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
                 }
             }
             if !this.eof && pos < filled {
+                if closed {
+                    this.failed = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed inside a TLS record",
+                    )));
+                }
                 this.cipher.extend_from_slice(&room[pos..filled]);
             }
+            this.eof |= closed;
             if buf.filled().len() > before || this.eof {
                 return Poll::Ready(Ok(()));
             }

@@ -3,12 +3,13 @@
 //! much waiting, and the awaited write used outside the poll loop. It never looks inside a
 //! message; that is `frontend`'s and `backend`'s.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use crate::pool::server::ServerConn;
@@ -20,7 +21,8 @@ const HIGH_WATER: usize = 256 * 1024;
 const READ_RESERVE: usize = 8 * 1024;
 /// What a quiet client's reads start with: idle sessions, by the thousand, hold this little.
 pub(super) const IDLE_READ: usize = 512;
-/// A write buffer this small is kept between transactions.
+/// A write buffer up to this size is given back as soon as it is written out; a larger one
+/// is kept until the session has been quiet for `SHRINK_AFTER`.
 const KEEP_WRITE: usize = 4 * 1024;
 /// A session between transactions for this long gives its buffers back.
 pub(super) const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -55,6 +57,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
                 Poll::Pending => return if wrote { Poll::Ready(Ok(true)) } else { Poll::Pending },
             }
         }
+        if wrote && self.wbuf.capacity() <= KEEP_WRITE {
+            // All written: a small buffer is given back at once (one allocation per reply
+            // costs less than every idle client keeping one).
+            self.wbuf = BytesMut::new();
+        }
         if self.needs_flush {
             match Pin::new(&mut self.stream).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.needs_flush = false,
@@ -65,10 +72,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side<T> {
         if wrote { Poll::Ready(Ok(true)) } else { Poll::Pending }
     }
 
-    /// Reads once. Ready(Ok(0)) is end of stream. A side that sends little reads into a
-    /// small buffer; one whose last read filled its room gets a full one. Both are reused,
-    /// so the steady state allocates nothing.
+    /// Reads once. Ready(Ok(0)) is end of stream. A side that sends little reads into the
+    /// stack and keeps only what came, so a quiet client holds no read buffer at all; one
+    /// whose last read filled its room gets a full buffer, which is reused.
     fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.rbuf.is_empty() && !self.grow {
+            if self.rbuf.capacity() > 0 {
+                self.rbuf = BytesMut::new();
+            }
+            let mut space = [MaybeUninit::<u8>::uninit(); IDLE_READ];
+            let mut rb = ReadBuf::uninit(&mut space);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            self.rbuf.extend_from_slice(rb.filled());
+            self.grow = n == IDLE_READ;
+            return Poll::Ready(Ok(n));
+        }
         let spare = self.rbuf.capacity() - self.rbuf.len();
         if spare == 0 || (self.grow && spare < READ_RESERVE / 2) {
             self.rbuf.reserve(if self.grow { READ_RESERVE } else { IDLE_READ });
