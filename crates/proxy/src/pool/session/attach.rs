@@ -82,7 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         }));
         self.pool.stats.active.fetch_add(1, Ordering::Relaxed);
         self.info.set_state(ClientState::Active);
-        self.attached = Some(Attached {
+        self.attached = Some(Box::new(Attached {
             server,
             queue,
             busy_since: None,
@@ -91,7 +91,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             timed_out: false,
             attached_in_transaction: self.status != TransactionStatus::Idle,
             _permit: permit,
-        });
+        }));
     }
 
     /// Gives the server back: to the pool when it is clean and idle, otherwise closes it.

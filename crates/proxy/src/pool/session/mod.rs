@@ -186,7 +186,8 @@ struct Session<S: AsyncRead + AsyncWrite + Unpin> {
     pool: Arc<Pool>,
     mode: PoolMode,
     client: Side<ClientStream<S>>,
-    attached: Option<Attached>,
+    /// Boxed: most sessions, most of the time, hold no server.
+    attached: Option<Box<Attached>>,
     settings: Settings,
     /// What a rollback restores of `settings` and the server's record.
     undo: Undo,
