@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -17,11 +18,12 @@ pub fn data_dir() -> tempfile::TempDir {
     dir
 }
 
-/// A running `berth up`: what it printed, and its stderr collected on stop.
+/// A running `berth up`: what it printed, and its stderr (its log) as it is written.
 pub struct Up {
     pub child: Child,
     pub stdout: String,
     pub stderr: Option<std::thread::JoinHandle<String>>,
+    log: Arc<Mutex<String>>,
     pub data: PathBuf,
 }
 
@@ -48,11 +50,16 @@ pub fn berth_up(data: &Path, ports: Ports) -> Up {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn berth up");
-    let mut err = child.stderr.take().expect("stderr");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let log = Arc::new(Mutex::new(String::new()));
+    let written = Arc::clone(&log);
     let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
+        let mut line = Vec::new();
+        while err.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            written.lock().expect("log").push_str(&String::from_utf8_lossy(&line));
+            line.clear();
+        }
+        written.lock().expect("log").clone()
     });
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut stdout = String::new();
@@ -65,7 +72,7 @@ pub fn berth_up(data: &Path, ports: Ports) -> Up {
         stdout.push_str(&line);
     }
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Up { child, stdout, stderr: Some(stderr), data: data.to_owned() }
+    Up { child, stdout, stderr: Some(stderr), log, data: data.to_owned() }
 }
 
 /// A test that fails before `stop` must not leave `berth up` (and its instances) running.
@@ -80,6 +87,11 @@ impl Drop for Up {
 }
 
 impl Up {
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
     /// SIGTERM, wait for a clean exit, and return what it logged.
     pub fn stop(mut self) -> String {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
