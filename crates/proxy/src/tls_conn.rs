@@ -36,6 +36,8 @@ const RECORD_ROOM: usize = HEADER + MAX_FRAGMENT;
 const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
 /// AES-GCM records per key (rustls's own limit, below the 2^24.5 of RFC 8446 §5.5).
 const AES_GCM_RECORD_LIMIT: u64 = 1 << 24;
+/// Writes up to this size are sealed in a small stack buffer.
+const SMALL_WRITE: usize = 2048;
 /// What sealing adds to a record at most: header, explicit nonce or inner type, tag.
 const OVERHEAD: usize = HEADER + 8 + TAG;
 
@@ -585,9 +587,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
             return Poll::Ready(Ok(0));
         }
         let take = data.len().min(MAX_PLAIN);
-        let mut room = [0u8; MAX_PLAIN + 2 * OVERHEAD + 8];
-        let sent =
-            this.seal(APPLICATION_DATA, &data[..take], &mut room).and_then(|n| this.send(cx, &room[..n]));
+        // Most replies are small: a small stack buffer is cheaper to clear than a record's.
+        let sent = if take <= SMALL_WRITE {
+            let mut room = [0u8; SMALL_WRITE + 2 * OVERHEAD + 8];
+            this.seal(APPLICATION_DATA, &data[..take], &mut room).and_then(|n| this.send(cx, &room[..n]))
+        } else {
+            let mut room = [0u8; MAX_PLAIN + 2 * OVERHEAD + 8];
+            this.seal(APPLICATION_DATA, &data[..take], &mut room).and_then(|n| this.send(cx, &room[..n]))
+        };
         Poll::Ready(sent.map(|()| take))
     }
 
