@@ -197,6 +197,26 @@ pub async fn run(
     }
 }
 
+/// The control plane's way to bring the proxy's routes up to date at once.
+pub struct Refresh {
+    pub catalog: Catalog,
+    pub instances: Arc<Instances>,
+    /// Weak: the control plane holds this.
+    pub control: std::sync::Weak<control::Control>,
+    pub proxy: Proxy,
+}
+
+impl control::RouteRefresh for Refresh {
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(control) = self.control.upgrade() {
+                reload(&self.catalog, &self.instances, &control.master_key, &self.proxy, "database removal")
+                    .await;
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use catalog::{ProjectLimits, RouteRole};

@@ -90,6 +90,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = control.upstream_probe.set(Arc::new(crate::registered::Probe));
     let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
     proxy.set_api_keys(Arc::new(crate::key_check::CatalogKeys { catalog: catalog.clone() }));
+    let _ = control.route_refresh.set(Arc::new(crate::route_sync::Refresh {
+        catalog: catalog.clone(),
+        instances: Arc::clone(&instances),
+        control: Arc::downgrade(&control),
+        proxy: proxy.clone(),
+    }));
     let serve_direct = tokio::spawn({
         let proxy = proxy.clone();
         async move { proxy.serve(direct_listener).await }

@@ -47,6 +47,15 @@ pub struct Control {
     pub max_attempts: i32,
     /// Checks registered upstreams' credentials; set by the binary.
     pub upstream_probe: std::sync::OnceLock<Arc<dyn api::UpstreamProbe>>,
+    /// Brings the proxy's routes up to date with the catalog; set by the binary. A branch or
+    /// preview being removed leaves the routes through it before its instance stops, so its
+    /// sessions hear why from the proxy rather than PostgreSQL's shutdown message.
+    pub route_refresh: std::sync::OnceLock<Arc<dyn RouteRefresh>>,
+}
+
+/// See [`Control::route_refresh`].
+pub trait RouteRefresh: Send + Sync + 'static {
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 impl Control {
@@ -66,6 +75,7 @@ impl Control {
             worker,
             max_attempts: 3,
             upstream_probe: std::sync::OnceLock::new(),
+            route_refresh: std::sync::OnceLock::new(),
         })
     }
 }

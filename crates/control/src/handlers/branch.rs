@@ -117,6 +117,11 @@ pub async fn reset(control: &Control, job: &Job) -> Result<(), JobError> {
 
 pub async fn delete(control: &Control, job: &Job) -> Result<(), JobError> {
     let branch_id = job.cluster_id.clone().ok_or_else(|| JobError::permanent("job names no branch"))?;
+    // The branch is already `deleting` in the catalog: the proxy drops its route (and tells
+    // its sessions) before the instance stops under them.
+    if let Some(routes) = control.route_refresh.get() {
+        routes.refresh().await;
+    }
     let instances = Arc::clone(&control.instances);
     let id = branch_id.clone();
     blocking(move || {
