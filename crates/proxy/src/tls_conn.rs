@@ -40,6 +40,8 @@ const AES_GCM_RECORD_LIMIT: u64 = 1 << 24;
 const SMALL_WRITE: usize = 2048;
 /// What sealing adds to a record at most: header, explicit nonce or inner type, tag.
 const OVERHEAD: usize = HEADER + 8 + TAG;
+/// Room for an alert, with a key update before it.
+const ALERT_ROOM: usize = 2 + 2 * OVERHEAD;
 
 const APPLICATION_DATA: u8 = 23;
 const ALERT: u8 = 21;
@@ -223,6 +225,7 @@ where
     let rx = Keys::new(secrets.rx.0, secrets.rx.1)?;
     let tx = Keys::new(secrets.tx.0, secrets.tx.1)?;
     // Records that came after the client's Finished stay for the first read.
+    let incoming = if incoming.is_empty() { Vec::new() } else { incoming };
     let conn = TlsConn {
         io,
         version,
@@ -240,7 +243,7 @@ where
         key_update_due: false,
         key_updates_in_a_row: 0,
     };
-    Ok((conn.shrunk(), alpn))
+    Ok((conn, alpn))
 }
 
 /// A server-side TLS connection whose records are handled here.
@@ -270,16 +273,6 @@ pub struct TlsConn<S> {
 }
 
 impl<S> TlsConn<S> {
-    fn shrunk(mut self) -> Self {
-        if self.cipher.is_empty() {
-            self.cipher = Vec::new();
-        }
-        if self.plain.is_empty() {
-            self.plain = Vec::new();
-        }
-        self
-    }
-
     /// Seals `data` as one record of `typ` into `dst` (room for `data` plus
     /// `2 * OVERHEAD`: a key update may come first); the bytes written.
     fn seal(&mut self, typ: u8, data: &[u8], dst: &mut [u8]) -> io::Result<usize> {
@@ -360,7 +353,7 @@ impl<S> TlsConn<S> {
                     .iter()
                     .rposition(|&b| b != 0)
                     .ok_or_else(|| invalid("TLS record without a type"))?;
-                if end > MAX_PLAIN {
+                if plain.len() > MAX_PLAIN + 1 || end > MAX_PLAIN {
                     return Err(invalid("TLS record plaintext too long"));
                 }
                 let typ = plain[end];
@@ -437,15 +430,25 @@ impl<S> TlsConn<S> {
 }
 
 impl<S: AsyncWrite + Unpin> TlsConn<S> {
+    /// Seals `data` as a record of `typ` in a stack buffer of `ROOM` bytes (at least
+    /// `data.len() + 2 * OVERHEAD`) and sends it.
+    fn write_record<const ROOM: usize>(
+        &mut self,
+        cx: &mut Context<'_>,
+        typ: u8,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let mut room = [0u8; ROOM];
+        let n = self.seal(typ, data, &mut room)?;
+        self.send(cx, &room[..n])
+    }
+
     /// Tells the client why the connection ends (a fatal alert, sent if the socket takes it
     /// now) and hands back the error.
     fn alert(&mut self, cx: &mut Context<'_>, description: u8, e: io::Error) -> io::Error {
         if !self.close_sent {
             self.close_sent = true;
-            let mut rec = [0u8; 2 + 2 * OVERHEAD + 8];
-            if let Ok(n) = self.seal(ALERT, &[2, description], &mut rec) {
-                let _ = self.send(cx, &rec[..n]);
-            }
+            let _ = self.write_record::<ALERT_ROOM>(cx, ALERT, &[2, description]);
         }
         e
     }
@@ -589,11 +592,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
         let take = data.len().min(MAX_PLAIN);
         // Most replies are small: a small stack buffer is cheaper to clear than a record's.
         let sent = if take <= SMALL_WRITE {
-            let mut room = [0u8; SMALL_WRITE + 2 * OVERHEAD + 8];
-            this.seal(APPLICATION_DATA, &data[..take], &mut room).and_then(|n| this.send(cx, &room[..n]))
+            this.write_record::<{ SMALL_WRITE + 2 * OVERHEAD }>(cx, APPLICATION_DATA, &data[..take])
         } else {
-            let mut room = [0u8; MAX_PLAIN + 2 * OVERHEAD + 8];
-            this.seal(APPLICATION_DATA, &data[..take], &mut room).and_then(|n| this.send(cx, &room[..n]))
+            this.write_record::<{ MAX_PLAIN + 2 * OVERHEAD }>(cx, APPLICATION_DATA, &data[..take])
         };
         Poll::Ready(sent.map(|()| take))
     }
@@ -610,9 +611,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
         if !this.close_sent {
             this.close_sent = true;
             // close_notify, warning level.
-            let mut rec = [0u8; 2 + 2 * OVERHEAD + 8];
-            let n = this.seal(ALERT, &[1, 0], &mut rec)?;
-            this.send(cx, &rec[..n])?;
+            this.write_record::<ALERT_ROOM>(cx, ALERT, &[1, 0])?;
             ready!(this.poll_drain(cx))?;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
