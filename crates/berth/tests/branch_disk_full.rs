@@ -108,9 +108,8 @@ fn a_full_branch_that_does_not_fit_on_the_disk_fails_cleanly_and_the_parent_keep
     let tmp = data_dir();
     let disk = LoopMount::new(&tmp.path().join("disk.img"), &tmp.path().join("mnt"), "1G");
     let data = disk.dir.join("data");
-    let up = berth_up(&data, Ports { api: free_port(), pooled: free_port(), direct: free_port() });
-    let (ok, _, err) = up.cli(&["projects", "create", "shop"]);
-    assert!(ok, "{err}");
+    let up = berth_up(&data, Ports::free());
+    up.create_project("shop");
     let main_uri = up.connection("shop", false);
     sql(
         &main_uri,

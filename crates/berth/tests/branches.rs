@@ -29,7 +29,7 @@ fn query(uri: &str, sql: &str) -> Result<String, String> {
 fn a_branch_is_served_as_project_dot_branch_through_the_proxy() {
     let dir = data_dir();
     let data = dir.path().join("data");
-    let ports = Ports { api: free_port(), pooled: free_port(), direct: free_port() };
+    let ports = Ports::free();
     let up = berth_up(&data, ports);
     run(&up, &["projects", "create", "shop"]);
     let main_uri = run(&up, &["connection", "shop"]);

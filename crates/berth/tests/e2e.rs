@@ -13,7 +13,7 @@ use common::*;
 #[test]
 fn up_creates_a_project_with_the_cli_serves_both_strings_and_restarts_with_its_data() {
     let data = data_dir();
-    let ports = Ports { api: free_port(), pooled: free_port(), direct: free_port() };
+    let ports = Ports::free();
     let up = berth_up(data.path(), ports);
     for want in ["API:", "pooled proxy:", "direct proxy:", "ca.pem", "admin.key", "berth projects create"] {
         assert!(up.stdout.contains(want), "banner lacks {want}: {}", up.stdout);

@@ -17,9 +17,8 @@ fn get(up: &Up, path: &str) -> (u16, Value) {
 #[test]
 fn an_expired_preview_is_reaped_and_its_open_sessions_are_told_it_no_longer_exists() {
     let dir = data_dir();
-    let up = berth_up(dir.path(), Ports { api: free_port(), pooled: free_port(), direct: free_port() });
-    let (ok, _, err) = up.cli(&["projects", "create", "shop"]);
-    assert!(ok, "{err}");
+    let up = berth_up(dir.path(), Ports::free());
+    up.create_project("shop");
     let (ok, _, err) =
         psql(&up.connection("shop", false), "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)");
     assert!(ok, "{err}");

@@ -64,10 +64,9 @@ fn show_pools(data: &Path, direct_port: u16, db: &str) -> Option<String> {
 async fn a_registered_upstream_serves_its_own_roles_through_the_proxy() {
     let pg = upstream().await;
     let data = data_dir();
-    let ports = Ports { api: free_port(), pooled: free_port(), direct: free_port() };
+    let ports = Ports::free();
     let up = berth_up(data.path(), ports);
-    let (ok, _, err) = up.cli(&["projects", "create", "shop"]);
-    assert!(ok, "{err}");
+    up.create_project("shop");
     let socket_dir = pg.socket_dir().to_str().expect("utf-8").to_owned();
     let port = pg.port().to_string();
 

@@ -8,9 +8,8 @@ use common::*;
 #[test]
 fn the_old_password_works_until_the_grace_period_ends() {
     let data = data_dir();
-    let up = berth_up(data.path(), Ports { api: free_port(), pooled: free_port(), direct: free_port() });
-    let (ok, _, err) = up.cli(&["projects", "create", "shop"]);
-    assert!(ok, "{err}");
+    let up = berth_up(data.path(), Ports::free());
+    up.create_project("shop");
     let old = up.connection("shop", false);
     let old_pooled = up.connection("shop", true);
     let (ok, out, err) = up.cli(&["credentials", "rotate", "shop", "--grace-seconds", "3"]);
@@ -34,9 +33,8 @@ fn the_old_password_works_until_the_grace_period_ends() {
 #[test]
 fn pgbench_through_both_ports_loses_no_transaction_to_a_rotation() {
     let data = data_dir();
-    let up = berth_up(data.path(), Ports { api: free_port(), pooled: free_port(), direct: free_port() });
-    let (ok, _, err) = up.cli(&["projects", "create", "shop"]);
-    assert!(ok, "{err}");
+    let up = berth_up(data.path(), Ports::free());
+    up.create_project("shop");
     let (direct, pooled) = (up.connection("shop", false), up.connection("shop", true));
     pgbench(&direct, &["-i", "-s", "1", "-q"]);
     let runs: Vec<_> = [direct.clone(), pooled.clone()]

@@ -19,7 +19,7 @@ fn notified_reloads(up: &Up) -> usize {
 #[test]
 fn routes_reload_when_the_catalog_changes_and_never_while_idle() {
     let data = data_dir();
-    let up = berth_up(data.path(), Ports { api: free_port(), pooled: free_port(), direct: free_port() });
+    let up = berth_up(data.path(), Ports::free());
 
     // Five seconds are about five worker passes (rotation graces, preview reaping, the job
     // queue), none of which changes anything here.
@@ -28,8 +28,7 @@ fn routes_reload_when_the_catalog_changes_and_never_while_idle() {
     let idle = notified_reloads(&up) - started;
     assert_eq!(idle, 0, "an idle berth up reloaded its routes {idle} times");
 
-    let (ok, _, err) = up.cli(&["projects", "create", "shop"]);
-    assert!(ok, "{err}");
+    up.create_project("shop");
     let old = up.connection("shop", false);
     wait_for("the new project to be routed", || psql(&old, "select 1").0);
 

@@ -103,10 +103,9 @@ fn refused(uri: &str) -> String {
 }
 
 fn up_with_projects(data: &Path, names: &[&str]) -> Up {
-    let up = berth_up(data, Ports { api: free_port(), pooled: free_port(), direct: free_port() });
+    let up = berth_up(data, Ports::free());
     for name in names {
-        let (ok, _, err) = up.cli(&["projects", "create", name]);
-        assert!(ok, "create {name}: {err}");
+        up.create_project(name);
     }
     up
 }

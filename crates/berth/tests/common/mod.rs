@@ -35,6 +35,13 @@ pub struct Ports {
     pub direct: u16,
 }
 
+impl Ports {
+    /// Three free loopback ports.
+    pub fn free() -> Ports {
+        Ports { api: free_port(), pooled: free_port(), direct: free_port() }
+    }
+}
+
 pub fn berth_up(data: &Path, ports: Ports) -> Up {
     let mut child = Command::new(BERTH)
         .args(["up", "--data"])
@@ -116,6 +123,12 @@ impl Up {
             String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Creates a project through the CLI; panics with the CLI's error if it cannot.
+    pub fn create_project(&self, name: &str) {
+        let (ok, _, err) = self.cli(&["projects", "create", name]);
+        assert!(ok, "berth projects create {name}: {err}");
     }
 
     pub fn connection(&self, project: &str, pooled: bool) -> String {
