@@ -13,7 +13,7 @@ pub const RESERVE: u64 = 64 << 20;
 
 /// Bytes an unprivileged user may still write on the filesystem holding `dir`: instances
 /// never run as root, so the blocks ext4 keeps for root are no room for them.
-pub fn available(dir: &Path) -> Result<u64, NodeError> {
+fn available(dir: &Path) -> Result<u64, NodeError> {
     let stat = nix::sys::statvfs::statvfs(dir)
         .map_err(|e| NodeError::Io { path: dir.to_owned(), source: e.into() })?;
     Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
