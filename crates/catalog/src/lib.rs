@@ -27,10 +27,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use branches::{BranchJob, CreateBranch, MAIN_BRANCH, NewBranch, branch_kind, branch_state};
 pub use error::CatalogError;
-pub use idempotency::{Idempotency, StoredResponse};
+pub use idempotency::{Idempotency, IdempotencyScope, StoredResponse};
 pub use jobs::state as job_state;
 pub use jobs::{Failure, Fenced, Job, NewJob, RetryClassification};
-pub use keys::{ApiKey, NewApiKey, Scope};
+pub use keys::{ApiKey, KEY_PREFIX, NewApiKey, Scope};
 pub use orgs::Organization;
 pub use page::Page;
 pub use projects::state as project_state;

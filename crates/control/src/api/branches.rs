@@ -150,11 +150,12 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::ProjectsWrite)?;
-    let route = format!("POST /v1/projects/{id}/branches");
+    let project = find(&control, &caller, &id).await?;
+    let route = format!("POST /v1/projects/{}/branches", project.id);
     idempotent(&control, &caller, &headers, &route, &body, || async {
         let req: CreateBranchRequest = parse_json(&body)?;
         validate_branch_name(&req.name)?;
-        let project = ready_project(&control, &caller, &id, "branch it").await?;
+        let project = ready_project(&control, &caller, &project.id, "branch it").await?;
         let parent = req.parent.clone().unwrap_or_else(|| MAIN_BRANCH.to_owned());
         let new = NewBranch {
             project_id: project.id.clone(),
@@ -288,9 +289,10 @@ pub async fn reset(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::ProjectsWrite)?;
-    let route = format!("POST /v1/projects/{id}/branches/{branch}/reset");
+    let project = find(&control, &caller, &id).await?;
+    let route = format!("POST /v1/projects/{}/branches/{branch}/reset", project.id);
     idempotent(&control, &caller, &headers, &route, &body, || async {
-        let project = ready_project(&control, &caller, &id, "branch it").await?;
+        let project = ready_project(&control, &caller, &project.id, "branch it").await?;
         let max_attempts = control.max_attempts;
         let outcome = control
             .catalog

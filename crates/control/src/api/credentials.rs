@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::idempotency::idempotent;
-use super::projects::ready_project;
+use super::projects::{find, ready_project};
 use crate::Control;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -50,7 +50,8 @@ pub async fn rotate(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::CredentialsWrite)?;
-    let route = format!("POST /v1/projects/{id}/credentials/rotate");
+    let project = find(&control, &caller, &id).await?;
+    let route = format!("POST /v1/projects/{}/credentials/rotate", project.id);
     idempotent(&control, &caller, &headers, &route, &body, || async {
         let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
             RotateRequest::default()
@@ -60,7 +61,7 @@ pub async fn rotate(
         if req.grace_seconds > MAX_GRACE_SECONDS {
             return Err(ApiError::invalid(format!("grace_seconds must be 0 to {MAX_GRACE_SECONDS}")));
         }
-        let project = ready_project(&control, &caller, &id, "rotate").await?;
+        let project = ready_project(&control, &caller, &project.id, "rotate").await?;
         let job = NewJob {
             kind: ROTATE_CREDENTIALS.into(),
             organization_id: project.organization_id.clone(),

@@ -1,6 +1,13 @@
 //! `Idempotency-Key` on POST: a retried request with the same key and body gets the first
 //! response again (marked `Idempotent-Replayed: true`) instead of acting twice. Server
 //! errors are not remembered, so a retry after one runs again.
+//!
+//! A record belongs to the API key that sent the request: the same `Idempotency-Key` from
+//! any other key is that key's own request and runs as it. Callers authorize (`require`,
+//! and resolve the project the path names for the caller) before calling `idempotent`, so
+//! a key that lost access meanwhile is refused rather than answered. The stored copy never
+//! holds a secret: it goes through `redact::redact`, and a replay names what it left out in
+//! `Idempotent-Redacted`.
 
 use std::future::Future;
 
@@ -8,9 +15,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use catalog::{Idempotency, StoredResponse};
-use sha2::{Digest, Sha256};
+use catalog::{Idempotency, IdempotencyScope, StoredResponse};
 
+use super::redact::redact;
 use crate::Control;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -18,6 +25,9 @@ use crate::error::ApiError;
 const HEADER: &str = "idempotency-key";
 const MAX_KEY_LEN: usize = 255;
 
+/// Runs `run` once per (caller's API key, `Idempotency-Key`, request). `route` is the method
+/// and the canonical path (`POST /v1/projects/proj_…/branches`, project ids rather than
+/// names); it and the body are what "the same request" means.
 pub(crate) async fn idempotent<F, Fut>(
     control: &Control,
     caller: &Caller,
@@ -43,31 +53,40 @@ where
                 format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
             )
         })?;
-    let mut hash = Sha256::new();
-    hash.update(route.as_bytes());
-    hash.update([0]);
-    hash.update(body);
-    let hash = hash.finalize();
+    let scope = IdempotencyScope { organization_id: caller.org(), api_key_id: &caller.key.id, key };
+    // Keyed: a body can hold a password (a registered upstream's), and a plain hash of it
+    // could be guessed at by whoever reads the catalog.
+    let hash = control.master_key.mac(&[route.as_bytes(), body]);
 
-    match control.catalog.begin_idempotent(caller.org(), key, &hash).await? {
+    match control.catalog.begin_idempotent(scope, &hash).await? {
         Idempotency::Reserved => {
             let result = run().await;
-            let (status, body) = match &result {
-                Ok((status, body)) => (*status, body.clone()),
+            let (status, body) = match result {
+                Ok((status, body)) => (status, body),
                 Err(e) => (e.status, e.body()),
             };
             if status.is_server_error() {
-                control.catalog.release_idempotent(caller.org(), key).await?;
+                control.catalog.release_idempotent(scope).await?;
             } else {
-                let stored = StoredResponse { status: status.as_u16(), body: body.clone() };
-                control.catalog.finish_idempotent(caller.org(), key, &stored).await?;
+                let mut stored = body.clone();
+                let redacted = redact(&mut stored);
+                let stored = StoredResponse { status: status.as_u16(), body: stored, redacted };
+                control.catalog.finish_idempotent(scope, &stored).await?;
             }
             Ok((status, Json(body)).into_response())
         }
         Idempotency::Replay(stored) => {
             let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
             let mut response = (status, Json(stored.body)).into_response();
-            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            let headers = response.headers_mut();
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            if !stored.redacted.is_empty() {
+                // Pointers are built from JSON member names; one that is no valid header
+                // value still leaves the body's note saying what happened.
+                if let Ok(value) = HeaderValue::from_str(&stored.redacted.join(",")) {
+                    headers.insert("idempotent-redacted", value);
+                }
+            }
             Ok(response)
         }
         Idempotency::InProgress => Err(ApiError::conflict(

@@ -38,7 +38,8 @@ pub struct CreateKeyRequest {
 #[derive(Serialize, ToSchema)]
 pub struct CreatedKey {
     pub key: KeyView,
-    /// The key itself (`berth_live_…`). Shown only in this response.
+    /// The key itself (`berth_live_…`). Shown only in this response: an `Idempotency-Key`
+    /// replay of it holds `shown once; not replayable` and says `Idempotent-Redacted: /token`.
     pub token: String,
 }
 

@@ -12,6 +12,7 @@ mod keys;
 mod openapi;
 pub(crate) mod previews;
 mod projects;
+mod redact;
 
 use std::sync::Arc;
 

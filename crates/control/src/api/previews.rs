@@ -142,7 +142,8 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::ProjectsWrite)?;
-    let route = format!("POST /v1/projects/{id}/preview-databases");
+    let project = find(&control, &caller, &id).await?;
+    let route = format!("POST /v1/projects/{}/preview-databases", project.id);
     idempotent(&control, &caller, &headers, &route, &body, || async {
         let req: CreatePreviewRequest = parse_json(&body)?;
         if !(1..=MAX_TTL_SECONDS).contains(&req.ttl_seconds) {
@@ -151,7 +152,7 @@ pub async fn create(
         if let Some(name) = &req.name {
             validate_branch_name(name)?;
         }
-        let project = ready_project(&control, &caller, &id, "preview it").await?;
+        let project = ready_project(&control, &caller, &project.id, "preview it").await?;
         let source = req.source_branch.clone().unwrap_or_else(|| MAIN_BRANCH.to_owned());
         let ttl = Duration::from_secs(u64::try_from(req.ttl_seconds).unwrap_or(1));
         let new = NewBranch {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use catalog::{Catalog, MasterKey, NewApiKey, Scope};
 use control::{Control, Endpoints, Instances, Worker, WorkerSettings};
 use node::{InitOptions, PgBinaries};
@@ -81,6 +81,19 @@ impl Harness {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
+        let (status, _, json) = self.call_full(method, path, key, body, headers).await;
+        (status, json)
+    }
+
+    /// `call_with`, also returning the response headers.
+    pub async fn call_full(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(key) = key {
             req = req.header("authorization", format!("Bearer {key}"));
@@ -94,9 +107,10 @@ impl Harness {
         let req = req.body(Body::from(body.unwrap_or_default().to_owned())).unwrap();
         let response = self.app.clone().oneshot(req).await.unwrap();
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        (status, json)
+        (status, headers, json)
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
