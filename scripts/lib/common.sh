@@ -24,5 +24,8 @@ ensure_rust() {
   }
 }
 
-# PostgreSQL server and clients, and what the build needs.
-BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev)
+# The one list of system packages both scripts install: the PostgreSQL server and clients,
+# and what the build needs (pg_query's build runs bindgen, which loads libclang and its
+# headers; without them `cargo build` stops with "Unable to find libclang").
+BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev
+  libclang1-14 libclang-common-14-dev)
