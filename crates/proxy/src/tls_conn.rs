@@ -26,8 +26,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 const HEADER: usize = 5;
 const TAG: usize = 16;
-/// Largest plaintext of a record.
+/// Largest plaintext of a record a peer may send.
 const MAX_PLAIN: usize = 1 << 14;
+/// Largest plaintext of a record sent here: half the protocol's limit, as PostgreSQL's own
+/// 8 KiB send buffer makes its records. libpq reads with at least 8 KiB of room (pqReadData)
+/// and OpenSSL hands over one record per read, so a record no larger than that is always
+/// taken whole. A larger one can leave its tail decrypted inside OpenSSL while the socket is
+/// empty; a client that then waits on the socket (psycopg 3, or any async libpq user: only
+/// libpq's own blocking wait checks SSL_pending) waits forever when that tail ends a reply.
+const MAX_SENT_PLAIN: usize = 8 * 1024;
 /// Largest ciphertext fragment a peer may send (RFC 8446 §5.2, RFC 5246 §6.2.3).
 const MAX_FRAGMENT: usize = MAX_PLAIN + 256;
 /// Room for one whole record of the largest size.
@@ -589,12 +596,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let take = data.len().min(MAX_PLAIN);
+        let take = data.len().min(MAX_SENT_PLAIN);
         // Most replies are small: a small stack buffer is cheaper to clear than a record's.
         let sent = if take <= SMALL_WRITE {
             this.write_record::<{ SMALL_WRITE + 2 * OVERHEAD }>(cx, APPLICATION_DATA, &data[..take])
         } else {
-            this.write_record::<{ MAX_PLAIN + 2 * OVERHEAD }>(cx, APPLICATION_DATA, &data[..take])
+            this.write_record::<{ MAX_SENT_PLAIN + 2 * OVERHEAD }>(cx, APPLICATION_DATA, &data[..take])
         };
         Poll::Ready(sent.map(|()| take))
     }
