@@ -43,6 +43,9 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Everything made from here on (keys, certificates, logs, what PostgreSQL's tools write)
+    // is ours alone unless a directory is opened on purpose: files 0600, directories 0700.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let dir = prepare_data_dir(&crate::datadir::for_up(args.data.clone()))?;
     let bins = PgBinaries::find()?;
     let master_key = MasterKey::load_or_create(&dir.join("master.key"))?;
@@ -199,15 +202,15 @@ fn print_banner(dir: &Path, api_url: &str, pooled: SocketAddr, direct: SocketAdd
     println!("Press Ctrl-C to stop.");
 }
 
+/// A directory PostgreSQL must pass through: ours alone, and enterable (never readable) by
+/// the `postgres` user when we are root (see `node::make_passable_dir`).
 pub(crate) fn traversable(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", path.display()))
+    node::make_passable_dir(path).with_context(|| format!("cannot prepare {}", path.display()))
 }
 
-/// Creates the data directory and checks that the instance user can reach it: PostgreSQL
-/// runs as `postgres` when Berth runs as root, and it must traverse every parent.
+/// Creates the data directory, private to us (and enterable by the instance user), and
+/// checks that the instance user can reach it: PostgreSQL runs as `postgres` when Berth
+/// runs as root, and it must traverse every parent.
 fn prepare_data_dir(data: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
     let dir = data.canonicalize()?;

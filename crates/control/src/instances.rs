@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use node::{InitOptions, Instance, NodeError, PgBinaries, Status};
+use node::{InitOptions, Instance, NodeError, PgBinaries, Status, make_passable_dir};
 
 /// The database the template carries; provisioning renames it to the project's name, which
 /// is instant where `CREATE DATABASE` would copy and sync a whole database.
@@ -72,7 +72,7 @@ impl Instances {
     /// Removes whatever is at `root` (an instance left running there is stopped first) and
     /// makes sure its parent exists, so something new can be built there.
     pub fn clear(&self, root: &Path) -> Result<(), NodeError> {
-        make_traversable(&self.dir)?;
+        make_passable_dir(&self.dir)?;
         if root.join("data").join("PG_VERSION").exists() {
             Instance::open(&self.bins, root)?.stop()?;
         }
@@ -84,7 +84,7 @@ impl Instances {
 
     /// Copies the template into `root` (which must not exist), ready to start.
     pub fn from_template(&self, root: &Path) -> Result<Instance, NodeError> {
-        make_traversable(root)?;
+        make_passable_dir(root)?;
         Instance::from_template(&self.bins, &self.template, root)
     }
 
@@ -126,7 +126,7 @@ impl Instances {
         if build.exists() {
             std::fs::remove_dir_all(&build).map_err(|e| io_error(&build, e))?;
         }
-        make_traversable(&build)?;
+        make_passable_dir(&build)?;
         tracing::info!(template = %self.template.display(), "creating the instance template (once)");
         let mut instance = Instance::init(&self.bins, &build, &self.init)?;
         instance.start()?;
@@ -142,13 +142,13 @@ impl Instances {
     pub fn provision(&self, branch_id: &str) -> Result<(), NodeError> {
         let root = self.root(branch_id);
         if !root.join("data").join("PG_VERSION").exists() {
-            make_traversable(&self.dir)?;
+            make_passable_dir(&self.dir)?;
             // Copy beside and rename into place, so a crash mid-copy leaves no half instance.
             let partial = self.dir.join(format!(".{branch_id}.partial"));
             if partial.exists() {
                 std::fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))?;
             }
-            make_traversable(&partial)?;
+            make_passable_dir(&partial)?;
             drop(Instance::from_template(&self.bins, &self.template, &partial)?);
             std::fs::rename(&partial, &root).map_err(|e| io_error(&root, e))?;
         }
@@ -304,14 +304,6 @@ fn backoff(failures: u32) -> Duration {
 
 fn io_error(path: &Path, source: std::io::Error) -> NodeError {
     NodeError::Io { path: path.to_owned(), source }
-}
-
-/// Creates `dir` with mode 0755: when Berth runs as root, the `postgres` user must be able
-/// to pass through it to reach the instance's own private directories.
-fn make_traversable(dir: &Path) -> Result<(), NodeError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| io_error(dir, e))
 }
 
 /// Runs one statement as the superuser with the instance's own `psql` over its socket.

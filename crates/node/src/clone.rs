@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::NodeError;
+use crate::private::write_private;
 use crate::room;
 use crate::user::InstanceUser;
 
@@ -129,7 +130,7 @@ pub fn copy_data_dir(src: &Path, dst_root: &Path, progress: &CopyProgress) -> Re
             what: format!("copying an instance with tablespaces ({})", tablespaces.display()),
         });
     }
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(dst_root).map_err(NodeError::io(dst_root))?;
+    crate::private::make_passable_dir(dst_root)?;
     let dst = dst_root.join("data");
     let mut entries = Vec::new();
     scan(src, Path::new(""), &mut entries)?;
@@ -277,10 +278,10 @@ pub fn finish(
         copy_file(&src_wal.join(&name), &dst_wal.join(&name), 0o600, CopyMethod::Copy, progress)?;
     }
     let label = dst.join("backup_label");
-    fs::write(&label, backup_label).map_err(NodeError::io(&label))?;
+    write_private(&label, backup_label)?;
     if !tablespace_map.is_empty() {
         let map = dst.join("tablespace_map");
-        fs::write(&map, tablespace_map).map_err(NodeError::io(&map))?;
+        write_private(&map, tablespace_map)?;
     }
     fs::set_permissions(&dst, fs::Permissions::from_mode(0o700)).map_err(NodeError::io(&dst))?;
     InstanceUser::current()?.chown_recursive(&dst)

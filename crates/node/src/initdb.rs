@@ -2,7 +2,7 @@
 //! Berth's configuration over the result. It owns the choices made once per cluster
 //! (superuser, encoding, locale, durability); it never starts a server.
 
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,6 +11,7 @@ use crate::bin::PgBinaries;
 use crate::conf::{self, BERTH_CONF, INCLUDE_LINE, PG_HBA};
 use crate::error::NodeError;
 use crate::meta::{DEFAULT_SUPERUSER, Meta};
+use crate::private::write_private;
 use crate::user::InstanceUser;
 
 /// Choices made when a cluster is created.
@@ -87,7 +88,7 @@ pub(crate) fn init_data_dir(
 /// Writes `berth.conf`, includes it from `postgresql.conf`, and replaces `pg_hba.conf`.
 fn configure(data_dir: &Path, fast_unsafe: bool) -> Result<(), NodeError> {
     let berth_conf = data_dir.join(BERTH_CONF);
-    fs::write(&berth_conf, conf::berth_conf(fast_unsafe)).map_err(NodeError::io(&berth_conf))?;
+    write_private(&berth_conf, conf::berth_conf(fast_unsafe))?;
 
     let main_conf = data_dir.join("postgresql.conf");
     let mut file = OpenOptions::new().append(true).open(&main_conf).map_err(NodeError::io(&main_conf))?;
@@ -95,5 +96,5 @@ fn configure(data_dir: &Path, fast_unsafe: bool) -> Result<(), NodeError> {
         .map_err(NodeError::io(&main_conf))?;
 
     let hba = data_dir.join("pg_hba.conf");
-    fs::write(&hba, PG_HBA).map_err(NodeError::io(hba))
+    write_private(&hba, PG_HBA)
 }

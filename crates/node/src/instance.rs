@@ -3,7 +3,7 @@
 //! listens on a private Unix socket only; this module must never open a TCP listener, and
 //! never signals a pid it has not checked still runs `postgres`.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs::{self, DirBuilder};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +18,7 @@ use crate::initdb::{InitOptions, init_data_dir};
 use crate::logtail;
 use crate::meta::Meta;
 use crate::pidfile::PidFile;
+use crate::private::append_private;
 use crate::process::{self, wait_child, wait_until};
 use crate::user::InstanceUser;
 
@@ -54,7 +55,8 @@ pub enum Status {
 
 /// A PostgreSQL instance laid out under one root directory:
 /// `root/data` (PGDATA, 0700), `root/socket` (Unix socket directory, 0700, owned by the
-/// instance user) and `root/postgres.log` (the postmaster's stdout and stderr).
+/// instance user) and `root/postgres.log` (the postmaster's stdout and stderr, 0600). `root`
+/// itself is `node::make_passable_dir`'s: the instance user may only pass through it.
 #[derive(Debug)]
 pub struct Instance {
     bins: PgBinaries,
@@ -74,7 +76,7 @@ impl Instance {
     pub fn init(bins: &PgBinaries, root: &Path, opts: &InitOptions) -> Result<Instance, NodeError> {
         let root = std::path::absolute(root).map_err(NodeError::io(root))?;
         let user = InstanceUser::current()?;
-        fs::create_dir_all(&root).map_err(NodeError::io(&root))?;
+        user.make_passable(&root)?;
         let data_dir = root.join(DATA_DIR);
         make_private_dir(&data_dir, &user)?;
         init_data_dir(bins, &data_dir, &root, &user, opts)?;
@@ -88,6 +90,8 @@ impl Instance {
         let data_dir = root.join(DATA_DIR);
         require_cluster(&root, &data_dir)?;
         let user = InstanceUser::current()?;
+        // Also tightens a root an earlier version made 0755.
+        user.make_passable(&root)?;
         let socket_dir = root.join(SOCKET_DIR);
         make_private_dir(&socket_dir, &user)?;
         let meta = Meta::read(&data_dir)?;
@@ -117,7 +121,7 @@ impl Instance {
             return Err(NodeError::AlreadyRunning { data_dir: template_data, pid });
         }
         let user = InstanceUser::current()?;
-        fs::create_dir_all(root).map_err(NodeError::io(root))?;
+        user.make_passable(root)?;
         let data_dir = root.join(DATA_DIR);
         copy_tree(&template_data, &data_dir, &RUNTIME_FILES)?;
         // postgres refuses a data directory open to others, whatever the template had.
@@ -142,11 +146,8 @@ impl Instance {
             return Err(NodeError::AlreadyRunning { data_dir: self.data_dir.clone(), pid });
         }
         make_private_dir(&self.socket_dir, &self.user)?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
-            .map_err(NodeError::io(&self.log_file))?;
+        // The postmaster's log holds tenants' statements (errors quote them): 0600, ours.
+        let log = append_private(&self.log_file)?;
         let log_start = log.metadata().map_err(NodeError::io(&self.log_file))?.len();
         let stderr = log.try_clone().map_err(NodeError::io(&self.log_file))?;
 

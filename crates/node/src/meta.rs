@@ -24,7 +24,7 @@ impl Meta {
     /// Writes `data_dir/berth.instance`.
     pub fn write(&self, data_dir: &Path) -> Result<(), NodeError> {
         let path = data_dir.join(META_FILE);
-        fs::write(&path, format!("superuser={}\n", self.superuser)).map_err(NodeError::io(path))
+        crate::private::write_private(&path, format!("superuser={}\n", self.superuser))
     }
 
     /// Reads `data_dir/berth.instance`; a missing file means defaults.

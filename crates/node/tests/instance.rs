@@ -309,3 +309,49 @@ fn a_second_handle_sees_and_stops_a_running_postmaster() {
     }
     assert!(!first.socket_path().exists());
 }
+
+/// Every path under `root` (not following symlinks) with its mode bits.
+fn tree_modes(root: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(path) = todo.pop() {
+        let meta = fs::symlink_metadata(&path).expect("stat");
+        if meta.is_dir() {
+            todo.extend(fs::read_dir(&path).expect("read_dir").map(|e| e.expect("entry").path()));
+        }
+        if !meta.file_type().is_symlink() {
+            out.push((path, meta.permissions().mode() & 0o777));
+        }
+    }
+    out
+}
+
+#[test]
+fn nothing_an_instance_writes_is_open_to_others() {
+    // The directory the instances live in, as Berth makes it (not the 0755 of `tmp`).
+    let dir = tempfile::Builder::new().prefix("berth-node-").tempdir_in("/tmp").expect("tempdir");
+    node::make_passable_dir(dir.path()).expect("passable");
+    let bins = bins();
+    let mut inst = Instance::init(&bins, &dir.path().join("pg"), &fast()).expect("init");
+    inst.start().expect("start");
+    // A failing statement is logged with its text: tenants' SQL lands in the log.
+    let err = psql_at(
+        inst.socket_dir().to_str().expect("utf-8"),
+        inst.port(),
+        "postgres",
+        "select tenant_marker_7f3",
+    )
+    .expect_err("no such column");
+    assert!(err.contains("tenant_marker_7f3"), "{err}");
+    inst.stop().expect("stop");
+    Instance::from_template(&bins, &dir.path().join("pg"), &dir.path().join("copy")).expect("copy");
+
+    let log = fs::read_to_string(dir.path().join("pg/postgres.log")).expect("log");
+    assert!(log.contains("tenant_marker_7f3"), "the log should hold the statement: {log}");
+    assert_eq!(mode(&dir.path().join("pg/postgres.log")), 0o600);
+    let modes = tree_modes(dir.path());
+    assert!(modes.len() > 100, "walked only {} paths", modes.len());
+    for (path, mode) in modes {
+        assert_eq!(mode & 0o007, 0, "{path:?} is open to others ({mode:o})");
+    }
+}
