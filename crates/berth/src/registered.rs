@@ -1,21 +1,61 @@
 //! Registered upstreams in the proxy: their routes (database `db_…`, the registered role
 //! with its unsealed password, every other role of the upstream through the auth query) and
-//! the check a registration runs before it is stored.
+//! the check a registration runs before it is stored. A registered upstream is the tenant's
+//! word alone: it is TCP unless the operator allows a socket directory (never one inside
+//! Berth's data directory), it must check the password Berth holds at every login, it never
+//! serves a superuser session, and with `--upstream-deny-private` only public addresses.
 
-use std::path::Path;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use catalog::{MasterKey, RegisteredRoute};
-use control::api::{Upstream as UpstreamSpec, UpstreamProbe};
+use control::api::{ProbeError, Upstream as UpstreamSpec, UpstreamProbe};
 use proxy::SslMode;
 use proxy::auth_query::AuthQuery;
-use proxy::routes::{Database, Limits, PoolConfig, PoolMode, Role, Upstream, UpstreamAddr};
+use proxy::routes::{Database, Limits, PoolConfig, PoolMode, Role, Upstream, UpstreamAddr, UpstreamTrust};
 use proxy::secret::Secret;
 
 /// Where `verify-ca` and `verify-full` find trusted roots (Debian's bundle, as libpq's
 /// `sslrootcert=system`).
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Registration checks one API key may run per `PROBE_WINDOW`: enough for a person fixing a
+/// typo, too few to scan a network's ports through Berth.
+const PROBES_PER_WINDOW: u32 = 10;
+const PROBE_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the operator allows registered upstreams to be (`berth up` flags).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamPolicy {
+    /// Berth's own data directory: no socket inside it is ever an upstream.
+    pub data_dir: PathBuf,
+    /// Socket directories registrations may name (`--upstream-socket-dir`); none by default.
+    pub socket_dirs: Vec<PathBuf>,
+    /// Only public addresses (`--upstream-deny-private`).
+    pub deny_private: bool,
+}
+
+impl UpstreamPolicy {
+    fn trust(&self) -> UpstreamTrust {
+        UpstreamTrust::Registered { private_denied: self.deny_private }
+    }
+
+    /// Whether a registration may name socket directory `dir`: one the operator listed,
+    /// compared after resolving links, and not inside the data directory.
+    fn socket_dir_allowed(&self, dir: &Path) -> Result<(), String> {
+        const HOW: &str = "registered upstreams are reached over TCP; an operator allows a socket \
+                           directory with `berth up --upstream-socket-dir DIR`";
+        let real = dir.canonicalize().map_err(|_| format!("socket directories are not allowed: {HOW}"))?;
+        let data = self.data_dir.canonicalize().unwrap_or_else(|_| self.data_dir.clone());
+        if real.starts_with(&data) {
+            return Err("a socket directory inside Berth's data directory is never an upstream".into());
+        }
+        let listed = self.socket_dirs.iter().any(|d| d.canonicalize().is_ok_and(|d| d == real));
+        if listed { Ok(()) } else { Err(format!("socket directories are not allowed: {HOW}")) }
+    }
+}
 
 fn ssl_mode(s: &str) -> Option<SslMode> {
     Some(match s {
@@ -28,10 +68,18 @@ fn ssl_mode(s: &str) -> Option<SslMode> {
     })
 }
 
-/// The proxy's view of an upstream; a host that is an absolute path is a socket directory.
-fn upstream(host: &str, port: u16, name: &str, mode: &str) -> Result<Upstream, String> {
+/// The proxy's view of an upstream; a host that is an absolute path is a socket directory,
+/// allowed only as `policy` says.
+fn upstream(
+    host: &str,
+    port: u16,
+    name: &str,
+    mode: &str,
+    policy: &UpstreamPolicy,
+) -> Result<Upstream, String> {
     let mode = ssl_mode(mode).ok_or_else(|| format!("unknown ssl_mode {mode:?}"))?;
     let addr = if host.starts_with('/') {
+        policy.socket_dir_allowed(Path::new(host))?;
         if mode.uses_tls() && mode != SslMode::Prefer {
             return Err("ssl_mode applies to TCP hosts only; use disable for a socket directory".into());
         }
@@ -45,12 +93,19 @@ fn upstream(host: &str, port: u16, name: &str, mode: &str) -> Result<Upstream, S
         (_, m) => (m, None),
     };
     let tls = proxy::upstream_tls_config(mode, roots.as_deref())?;
-    Ok(Upstream { addr, dbname: name.to_owned(), ssl_mode: mode, ssl_root_cert: roots, tls })
+    Ok(Upstream {
+        addr,
+        dbname: name.to_owned(),
+        ssl_mode: mode,
+        ssl_root_cert: roots,
+        tls,
+        trust: policy.trust(),
+    })
 }
 
 /// The proxy's databases for the registered upstreams (those that cannot be read are
 /// skipped and logged).
-pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey) -> Vec<Database> {
+pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey, policy: &UpstreamPolicy) -> Vec<Database> {
     let mut out = Vec::new();
     for r in rows {
         let d = r.database;
@@ -62,7 +117,7 @@ pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey) -> Vec<Database> {
             }
         };
         let port = u16::try_from(d.port).unwrap_or(5432);
-        let up = match upstream(&d.host, port, &d.name, &d.ssl_mode) {
+        let up = match upstream(&d.host, port, &d.name, &d.ssl_mode, policy) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(database_id = %d.id, error = %e, "registered upstream not routed");
@@ -106,18 +161,46 @@ pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey) -> Vec<Database> {
     out
 }
 
-/// Checks registrations through the proxy's own upstream login.
-pub struct Probe;
+/// Checks registrations through the proxy's own upstream login, a few per key a minute.
+pub struct Probe {
+    policy: std::sync::Arc<UpstreamPolicy>,
+    /// Per API key: when its window started and the checks run in it.
+    recent: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl Probe {
+    pub fn new(policy: std::sync::Arc<UpstreamPolicy>) -> Self {
+        Probe { policy, recent: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts a check for `caller`; how long to wait when it has run its share.
+    fn admit(&self, caller: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().expect("probe limiter poisoned");
+        recent.retain(|_, (start, _)| now.duration_since(*start) < PROBE_WINDOW);
+        let (start, n) = recent.entry(caller.to_owned()).or_insert((now, 0));
+        if *n >= PROBES_PER_WINDOW {
+            return Err(PROBE_WINDOW.saturating_sub(now.duration_since(*start)));
+        }
+        *n += 1;
+        Ok(())
+    }
+}
 
 impl UpstreamProbe for Probe {
     fn probe<'a>(
         &'a self,
+        caller: &'a str,
         spec: &'a UpstreamSpec,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProbeError>> + Send + 'a>> {
         Box::pin(async move {
-            let up = upstream(&spec.host, spec.port, &spec.name, &spec.ssl_mode)?;
+            self.admit(caller).map_err(ProbeError::RateLimited)?;
+            let up = upstream(&spec.host, spec.port, &spec.name, &spec.ssl_mode, &self.policy)
+                .map_err(ProbeError::Rejected)?;
             let password = Secret::new(spec.password.expose());
-            proxy::auth_query::probe(&up, &spec.username, &password, PROBE_TIMEOUT).await
+            proxy::auth_query::probe(&up, &spec.username, &password, PROBE_TIMEOUT)
+                .await
+                .map_err(ProbeError::Rejected)
         })
     }
 }

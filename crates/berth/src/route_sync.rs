@@ -15,6 +15,8 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use wire::scram::ScramVerifier;
 
+use crate::registered::UpstreamPolicy;
+
 const FULL_RELOAD: Duration = Duration::from_secs(30);
 
 /// Builds the proxy's table from the catalog's snapshot.
@@ -57,6 +59,7 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
                 ssl_mode: SslMode::Disable,
                 ssl_root_cert: None,
                 tls: None,
+                trust: proxy::routes::UpstreamTrust::Managed,
             },
             roles,
             limits,
@@ -112,9 +115,10 @@ pub async fn snapshot(
     catalog: &Catalog,
     instances: &Instances,
     key: &catalog::MasterKey,
+    policy: &UpstreamPolicy,
 ) -> Result<RouteTable, catalog::CatalogError> {
     let mut table = route_table(catalog.route_snapshot().await?, instances);
-    let registered = crate::registered::databases(catalog.registered_routes().await?, key);
+    let registered = crate::registered::databases(catalog.registered_routes().await?, key, policy);
     for name in table.extend(registered) {
         tracing::warn!(database = %name, "registered database id already routed; skipped");
     }
@@ -125,10 +129,11 @@ async fn reload(
     catalog: &Catalog,
     instances: &Instances,
     key: &catalog::MasterKey,
+    policy: &UpstreamPolicy,
     proxy: &Proxy,
     why: &str,
 ) {
-    match snapshot(catalog, instances, key).await {
+    match snapshot(catalog, instances, key, policy).await {
         Ok(table) => {
             let before = proxy.routes().len();
             let after = table.len();
@@ -148,6 +153,7 @@ pub async fn run(
     catalog: Catalog,
     instances: Arc<Instances>,
     control: Arc<control::Control>,
+    policy: Arc<UpstreamPolicy>,
     proxy: Proxy,
     shutdown: CancellationToken,
 ) {
@@ -168,7 +174,7 @@ pub async fn run(
                 None
             }
         };
-        reload(&catalog, &instances, key, &proxy, "listening").await;
+        reload(&catalog, &instances, key, &policy, &proxy, "listening").await;
         loop {
             let notified = async {
                 match listener.as_mut() {
@@ -179,11 +185,11 @@ pub async fn run(
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    reload(&catalog, &instances, key, &proxy, "periodic").await;
+                    reload(&catalog, &instances, key, &policy, &proxy, "periodic").await;
                     if listener.is_none() { break; }
                 }
                 n = notified => match n {
-                    Ok(Some(_)) => reload(&catalog, &instances, key, &proxy, "catalog changed").await,
+                    Ok(Some(_)) => reload(&catalog, &instances, key, &policy, &proxy, "catalog changed").await,
                     // Connection lost (notifications may be lost with it) or an error:
                     // reconnect, and reload once listening again.
                     Ok(None) | Err(_) => {
@@ -204,14 +210,22 @@ pub struct Refresh {
     /// Weak: the control plane holds this.
     pub control: std::sync::Weak<control::Control>,
     pub proxy: Proxy,
+    pub policy: Arc<UpstreamPolicy>,
 }
 
 impl control::RouteRefresh for Refresh {
     fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             if let Some(control) = self.control.upgrade() {
-                reload(&self.catalog, &self.instances, &control.master_key, &self.proxy, "database removal")
-                    .await;
+                reload(
+                    &self.catalog,
+                    &self.instances,
+                    &control.master_key,
+                    &self.policy,
+                    &self.proxy,
+                    "database removal",
+                )
+                .await;
             }
         })
     }

@@ -40,6 +40,14 @@ pub struct UpArgs {
     /// Host name put in connection strings (default: the proxy's listen address).
     #[arg(long)]
     public_host: Option<String>,
+    /// A socket directory registered upstreams may name (repeatable; none by default, so
+    /// registered upstreams are TCP only). Never one inside the data directory.
+    #[arg(long = "upstream-socket-dir", value_name = "DIR")]
+    upstream_socket_dirs: Vec<PathBuf>,
+    /// Registered upstreams may only be public addresses: loopback, private, link-local and
+    /// unique-local ranges are refused, at registration and at every connect.
+    #[arg(long)]
+    upstream_deny_private: bool,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -89,8 +97,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
 
     // The proxy, with routes from the catalog from the first connection on.
-    let routes = crate::route_sync::snapshot(&catalog, &instances, &control.master_key).await?;
-    let _ = control.upstream_probe.set(Arc::new(crate::registered::Probe));
+    let policy = Arc::new(crate::registered::UpstreamPolicy {
+        data_dir: dir.clone(),
+        socket_dirs: args.upstream_socket_dirs.clone(),
+        deny_private: args.upstream_deny_private,
+    });
+    let routes = crate::route_sync::snapshot(&catalog, &instances, &control.master_key, &policy).await?;
+    let _ = control.upstream_probe.set(Arc::new(crate::registered::Probe::new(Arc::clone(&policy))));
     let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
     proxy.set_api_keys(Arc::new(crate::key_check::CatalogKeys { catalog: catalog.clone() }));
     let _ = control.route_refresh.set(Arc::new(crate::route_sync::Refresh {
@@ -98,6 +111,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         instances: Arc::clone(&instances),
         control: Arc::downgrade(&control),
         proxy: proxy.clone(),
+        policy: Arc::clone(&policy),
     }));
     let serve_direct = tokio::spawn({
         let proxy = proxy.clone();
@@ -109,6 +123,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         catalog.clone(),
         Arc::clone(&instances),
         Arc::clone(&control),
+        Arc::clone(&policy),
         proxy.clone(),
         shutdown.clone(),
     ));

@@ -80,10 +80,10 @@ async fn fetch(
 ) -> Result<Option<ScramVerifier>, String> {
     let sql = format!(
         "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = {} AND rolcanlogin \
-         AND (rolvaliduntil IS NULL OR rolvaliduntil > now())",
+         AND NOT rolsuper AND NOT rolreplication AND (rolvaliduntil IS NULL OR rolvaliduntil > now())",
         escape_literal(role)
     );
-    let mut stream = login(upstream, aq, timeout).await?;
+    let mut stream = login(upstream, aq, timeout).await.map_err(|f| f.error.detail)?;
     let text = tokio::time::timeout(timeout, query_one(&mut stream, &sql))
         .await
         .map_err(|_| "the auth query timed out".to_string())??;
@@ -97,7 +97,10 @@ fn escape_literal(s: &str) -> String {
     format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// Checks that the upstream accepts `user` and `password` (registration does this).
+/// Checks that the upstream accepts `user` and `password` as every later login will be
+/// checked (registration does this), and that the role may be routed: not a superuser, not
+/// a replication role. The answer names the step that failed and the upstream's SQLSTATE,
+/// never the upstream's own words.
 pub async fn probe(
     upstream: &Upstream,
     user: &str,
@@ -105,12 +108,29 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<(), String> {
     let aq = AuthQuery { user: user.to_owned(), password: password.clone() };
-    let mut stream = login(upstream, &aq, timeout).await?;
+    let mut stream = login(upstream, &aq, timeout).await.map_err(|f| {
+        tracing::info!(step = f.step.as_str(), detail = %f.error.detail, "registration check failed");
+        f.summary()
+    })?;
+    let sql =
+        "SELECT (rolsuper OR rolreplication)::text FROM pg_catalog.pg_roles WHERE rolname = current_user";
+    let privileged = tokio::time::timeout(timeout, query_one(&mut stream, sql)).await;
     let _ = stream.shutdown().await;
-    Ok(())
+    match privileged {
+        Ok(Ok(Some(v))) if v == "false" => Ok(()),
+        Ok(Ok(Some(_))) => Err("startup: the role is a superuser or a replication role there; register a \
+                                role without SUPERUSER and REPLICATION"
+            .into()),
+        Ok(Ok(None)) | Ok(Err(_)) => Err("startup: the role's attributes could not be read".into()),
+        Err(_) => Err("startup: timed out".into()),
+    }
 }
 
-async fn login(upstream: &Upstream, aq: &AuthQuery, timeout: Duration) -> Result<UpstreamStream, String> {
+async fn login(
+    upstream: &Upstream,
+    aq: &AuthQuery,
+    timeout: Duration,
+) -> Result<UpstreamStream, crate::upstream::LoginFailure> {
     let db = Database {
         name: upstream.dbname.clone(),
         upstream: upstream.clone(),
@@ -124,7 +144,7 @@ async fn login(upstream: &Upstream, aq: &AuthQuery, timeout: Duration) -> Result
     let role =
         Role { name: aq.user.clone(), verifiers: Vec::new(), upstream_password: Some(aq.password.clone()) };
     // The detail carries the upstream's own words (wrong password, no such database).
-    crate::upstream::connect(&db, &role, &[], None, timeout).await.map(|up| up.stream).map_err(|e| e.detail)
+    crate::upstream::login(&db, &role, &[], None, timeout).await.map(|up| up.stream)
 }
 
 /// Runs a simple query and returns the first column of its first row.

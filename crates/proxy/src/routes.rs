@@ -105,6 +105,7 @@ impl RouteTable {
                         section.ssl_root_cert.as_deref(),
                     )
                     .map_err(|e| err(&format!("upstream TLS: {e}")))?,
+                    trust: UpstreamTrust::Operator,
                 },
                 roles,
                 pool: section.pool.clone(),
@@ -171,6 +172,7 @@ impl Database {
                 ssl_mode: SslMode::Disable,
                 ssl_root_cert: None,
                 tls: None,
+                trust: UpstreamTrust::Operator,
             },
             roles: HashMap::new(),
             limits: Limits::default(),
@@ -247,6 +249,37 @@ pub struct Upstream {
     pub ssl_root_cert: Option<PathBuf>,
     /// Built once at load from `ssl_mode` and `ssl_root_cert`; `None` for plaintext.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Who answers for the upstream, and so what every login to it is checked for.
+    pub trust: UpstreamTrust,
+}
+
+/// Who answers for an upstream. The operator's own (the TOML file) are routed as configured,
+/// as PgBouncer routes them. Berth's managed instances and tenant-registered upstreams are
+/// reached on a tenant's behalf, so a session there is never a superuser's; a registered one
+/// is the tenant's word alone, so it must also prove it checked the password Berth holds
+/// (an upstream that lets Berth in unasked could be any server, Berth's own included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamTrust {
+    #[default]
+    Operator,
+    Managed,
+    Registered {
+        /// Only public addresses may be connected to (loopback, private, link-local and
+        /// unique-local ranges refused), checked on every connect after name resolution.
+        private_denied: bool,
+    },
+}
+
+impl UpstreamTrust {
+    /// Superuser sessions are refused.
+    pub fn refuses_superuser(self) -> bool {
+        self != UpstreamTrust::Operator
+    }
+
+    /// The upstream must ask for (and, with SCRAM, prove it holds) the password.
+    pub fn must_authenticate(self) -> bool {
+        matches!(self, UpstreamTrust::Registered { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

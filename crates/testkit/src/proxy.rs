@@ -48,6 +48,7 @@ pub fn route(name: &str, pg: &TestPg, dbname: &str, roles: &[(&str, &str)], limi
             ssl_mode: SslMode::Disable,
             ssl_root_cert: None,
             tls: None,
+            trust: Default::default(),
         },
         roles,
         limits,

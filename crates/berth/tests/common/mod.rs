@@ -43,12 +43,18 @@ impl Ports {
 }
 
 pub fn berth_up(data: &Path, ports: Ports) -> Up {
+    berth_up_with(data, ports, &[])
+}
+
+/// `berth up` with more flags (operator settings).
+pub fn berth_up_with(data: &Path, ports: Ports, flags: &[&str]) -> Up {
     let mut child = Command::new(BERTH)
         .args(["up", "--data"])
         .arg(data)
         .args(["--api-listen", &format!("127.0.0.1:{}", ports.api)])
         .args(["--pooled-listen", &format!("127.0.0.1:{}", ports.pooled)])
         .args(["--direct-listen", &format!("127.0.0.1:{}", ports.direct)])
+        .args(flags)
         .env_remove("BERTH_API_URL")
         .env_remove("BERTH_API_KEY")
         // The most verbose logs, so the secret checks below see everything Berth could say.
@@ -196,8 +202,13 @@ impl Held {
 
 /// One request to the API of the `berth up` using `data` (plain HTTP/1.1 over a socket).
 pub fn api(data: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let url = std::fs::read_to_string(data.join("api.url")).expect("api.url");
     let key = std::fs::read_to_string(data.join("admin.key")).expect("admin.key");
+    api_as(data, &key, method, path, body)
+}
+
+/// [`api`] with another API key.
+pub fn api_as(data: &Path, key: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let url = std::fs::read_to_string(data.join("api.url")).expect("api.url");
     let addr = url.trim().trim_start_matches("http://").to_owned();
     let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the API");
     write!(

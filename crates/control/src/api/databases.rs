@@ -30,12 +30,23 @@ const MAX_POOL_SIZE: u32 = 10_000;
 const MAX_CACHE_ENTRIES: u32 = 10_000_000;
 const MAX_CACHE_SECONDS: u32 = 7 * 24 * 3600;
 
-/// What the binary checks a registration with: can these credentials log in?
+/// What the binary checks a registration with: may this upstream be registered, and can
+/// these credentials log in? `caller` is the API key's id, for a per-key rate limit.
 pub trait UpstreamProbe: Send + Sync + 'static {
     fn probe<'a>(
         &'a self,
+        caller: &'a str,
         db: &'a Upstream,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProbeError>> + Send + 'a>>;
+}
+
+/// Why a registration check said no.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// The upstream is not allowed, or did not accept the login: in Berth's words only.
+    Rejected(String),
+    /// This key ran too many checks lately; it may try again after this long.
+    RateLimited(std::time::Duration),
 }
 
 /// An upstream to connect to, with its password unsealed.
@@ -280,12 +291,20 @@ pub async fn create(
         let probe = control.upstream_probe.get().ok_or_else(|| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "upstreams cannot be checked here")
         })?;
-        probe.probe(&upstream).await.map_err(|why| {
-            ApiError::new(
+        probe.probe(&caller.key.id, &upstream).await.map_err(|e| match e {
+            ProbeError::Rejected(why) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "upstream_rejected",
-                format!("the upstream did not accept the connection: {why}"),
-            )
+                format!("the upstream cannot be registered: {why}"),
+            ),
+            ProbeError::RateLimited(wait) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this API key checked too many upstreams lately; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            ),
         })?;
         let id = ids::generate(ids::DATABASE);
         let row = RegisteredDatabase {

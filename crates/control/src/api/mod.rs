@@ -28,7 +28,7 @@ use utoipa::IntoParams;
 use crate::Control;
 use crate::error::ApiError;
 
-pub use databases::{DatabasePoolConfig, SSL_MODES, Upstream, UpstreamProbe};
+pub use databases::{DatabasePoolConfig, ProbeError, SSL_MODES, Upstream, UpstreamProbe};
 pub use openapi::ApiDoc;
 
 pub fn router(control: Arc<Control>) -> Router {
