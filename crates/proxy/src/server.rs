@@ -152,12 +152,9 @@ impl Proxy {
     /// are looked up afresh by name, so changed limits apply to them too.
     pub fn set_routes(&self, routes: RouteTable) {
         // Pools follow at once (pool size, mode, max_active, a moved upstream), not only
-        // when their next client logs in.
-        for pool in self.shared.pools.all() {
-            if let Some(db) = routes.get(&pool.key.database) {
-                pool.update(db);
-            }
-        }
+        // when their next client logs in; pools of databases no longer routed close, or their
+        // servers would stay open and their warm-up retry forever.
+        self.shared.pools.follow(&routes);
         let old = self.shared.routes.load();
         self.shared.clients.unrouted(|db| {
             routes.get(db).is_some() || !old.get(db).is_some_and(|d| d.close_sessions_on_removal)

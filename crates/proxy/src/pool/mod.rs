@@ -12,6 +12,7 @@ pub(crate) mod registry;
 pub(crate) mod server;
 pub(crate) mod session;
 pub(crate) mod settings;
+pub(crate) mod slots;
 pub(crate) mod statements;
 pub mod stats;
 

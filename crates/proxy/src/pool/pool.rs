@@ -3,21 +3,27 @@
 //! after `server_lifetime`, broken ones dropped. Clients that find no idle server wait in
 //! FIFO order and are handed a server directly when one comes back; a wait is bounded by
 //! `pool_timeout`. PAUSE holds new checkouts, waits for servers in use, and closes the rest.
+//! A pool whose database left the route table is closed: it keeps nothing idle and stops its
+//! maintenance. The count of servers is the ledger's (`slots`): slots are guards, so no path
+//! here adjusts a count by hand.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
+use wire::SqlState;
 use wire::backend::BackendMessage;
 
 use super::server::{ServerConn, Slot};
+pub use super::slots::SlotCounts;
+use super::slots::{Ledger, Next, Reservation};
 use super::stats::PoolStats;
 use crate::auth::Authenticated;
-use crate::error::SessionError;
+use crate::error::{ErrorKind, SessionError};
 use crate::routes::{Database, PoolConfig};
 
 /// ParameterStatus names and values, in the order a server reported them.
@@ -35,19 +41,6 @@ pub enum CheckoutError {
     Connect(SessionError),
 }
 
-struct State {
-    idle: Vec<ServerConn>,
-    /// Servers open or being opened, idle or not.
-    open: u32,
-    waiters: VecDeque<Waiter>,
-    paused: bool,
-}
-
-struct Waiter {
-    since: Instant,
-    tx: oneshot::Sender<ServerConn>,
-}
-
 /// A server as SHOW SERVERS lists it.
 #[derive(Debug, Clone)]
 pub struct ServerEntry {
@@ -60,9 +53,7 @@ pub struct ServerEntry {
 pub struct Pool {
     pub key: PoolKey,
     db: ArcSwap<Database>,
-    state: Mutex<State>,
-    /// Wakes checkouts held by PAUSE, and PAUSE itself when servers come back.
-    changed: Notify,
+    slots: Arc<Ledger<ServerConn>>,
     /// The first client's SCRAM keys, for upstreams the proxy logs in to with them.
     keys: Mutex<Option<Authenticated>>,
     /// ParameterStatus values a fresh server reports: what a client sees at login.
@@ -80,12 +71,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, db: Arc<Database>, connect_timeout: Duration) -> Arc<Pool> {
+    /// A pool created `paused` (under a PAUSE of all databases, or of its own) opens nothing
+    /// until resumed.
+    pub fn new(key: PoolKey, db: Arc<Database>, connect_timeout: Duration, paused: bool) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             key,
             db: ArcSwap::new(db),
-            state: Mutex::new(State { idle: Vec::new(), open: 0, waiters: VecDeque::new(), paused: false }),
-            changed: Notify::new(),
+            slots: Ledger::new(paused),
             keys: Mutex::new(None),
             base_params: Mutex::new(Vec::new()),
             login_params: Mutex::new(HashMap::new()),
@@ -116,13 +108,28 @@ impl Pool {
             return;
         }
         if old.upstream.addr != db.upstream.addr || old.upstream.dbname != db.upstream.dbname {
+            // Servers of the old upstream are closed now if idle, when they come back if not.
             self.generation.fetch_add(1, Ordering::AcqRel);
-            // Dropped outside the lock: a server's slot takes it when it goes.
-            let retired = std::mem::take(&mut self.lock().idle);
-            drop(retired);
+            drop(self.slots.take_idle());
         }
+        let resized = old.pool.pool_size != db.pool.pool_size;
         self.follow_max_active(db.pool.max_active);
         self.db.store(Arc::clone(db));
+        if resized {
+            self.slots.resized();
+        }
+    }
+
+    /// The pool's database left the route table: idle servers close now, servers in use
+    /// when they come back, and maintenance stops. Sessions still on it (databases removed
+    /// without closing their sessions) open a server per checkout and close it after.
+    pub fn close(&self) {
+        drop(self.slots.close());
+        tracing::info!(database = %self.key.database, role = %self.key.role, "pool closed: its database is no longer routed");
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.slots.is_closed()
     }
 
     /// A changed `max_active` takes a new semaphore; clients holding permits of the old one
@@ -172,23 +179,24 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("pool state poisoned")
+    /// Servers (open or being opened, idle) right now.
+    pub fn counts(&self) -> (u32, usize) {
+        let c = self.slots.counts();
+        (c.open(), c.idle as usize)
     }
 
-    /// Servers (open, idle) right now.
-    pub fn counts(&self) -> (u32, usize) {
-        let s = self.lock();
-        (s.open, s.idle.len())
+    /// Servers idle, in use and being opened right now.
+    pub fn slot_counts(&self) -> SlotCounts {
+        self.slots.counts()
     }
 
     pub fn is_paused(&self) -> bool {
-        self.lock().paused
+        self.slots.is_paused()
     }
 
     /// How long the longest-waiting client has waited.
     pub fn max_wait(&self) -> Duration {
-        self.lock().waiters.front().map_or(Duration::ZERO, |w| w.since.elapsed())
+        self.slots.max_wait()
     }
 
     pub fn servers(&self) -> Vec<ServerEntry> {
@@ -201,7 +209,7 @@ impl Pool {
         }
     }
 
-    /// Takes a server: an idle one, a new one, or the next one returned, until `deadline`.
+    /// Takes a server: an idle one, a new one, or the next one returned, within `timeout`.
     pub async fn checkout(self: &Arc<Self>, timeout: Duration) -> Result<ServerConn, CheckoutError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + timeout;
@@ -212,59 +220,56 @@ impl Pool {
         result
     }
 
+    /// Every wait in here ends at `deadline`: for a server to come back, for RESUME, and for
+    /// a connect of the client's own. When connects fail while clients wait, each failure
+    /// gives its slot back and wakes the longest-waiting client, which then opens a server
+    /// itself; so against a database that is down every client gets the error of its own
+    /// attempt (57P03 and the like: PgBouncer too hands a server's login error to the clients
+    /// waiting on its pool) rather than sitting out `pool_timeout`. The timeout error (53300)
+    /// is for clients that found no server and no free slot before their deadline.
     async fn checkout_inner(
         self: &Arc<Self>,
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<ServerConn, CheckoutError> {
-        enum Next {
-            Take(Box<ServerConn>),
-            Connect,
-            Wait(oneshot::Receiver<ServerConn>),
-            Paused,
-        }
         loop {
-            let next = {
-                let mut st = self.lock();
-                let size = self.db.load().pool.pool_size.max(1);
-                if st.paused {
-                    Next::Paused
-                } else if let Some(s) = st.idle.pop() {
-                    Next::Take(Box::new(s))
-                } else if st.open < size {
-                    st.open += 1;
-                    Next::Connect
-                } else {
-                    let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(Waiter { since: Instant::now(), tx });
-                    Next::Wait(rx)
-                }
-            };
-            let server = match next {
-                Next::Take(s) => *s,
-                Next::Connect => match self.connect().await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => return Err(CheckoutError::Connect(e)),
+            // Listening before looking, so a RESUME in between is not missed.
+            let resumed = self.slots.changed.notified();
+            let mut resumed = std::pin::pin!(resumed);
+            resumed.as_mut().enable();
+            let size = self.db.load().pool.pool_size.max(1);
+            let mut server = match self.slots.checkout(size) {
+                Next::Take(s) => s,
+                Next::Open(reservation) => match self.open_for_client(reservation, deadline).await {
+                    Some(Ok(s)) => s,
+                    Some(Err(e)) => return Err(CheckoutError::Connect(e)),
+                    None => return Err(CheckoutError::Timeout(timeout)),
                 },
-                Next::Wait(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Next::Wait(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
                     Ok(Ok(s)) => s,
-                    // The sender was dropped: a slot opened up, go round again.
+                    // The sender was dropped: a slot came free, go round again to open a server.
                     Ok(Err(_)) => continue,
-                    Err(_) => return Err(CheckoutError::Timeout(timeout)),
+                    Err(_) => {
+                        // A server handed over just now goes to the next client, not to waste.
+                        rx.close();
+                        if let Ok(s) = rx.try_recv() {
+                            self.checkin(s);
+                        }
+                        return Err(CheckoutError::Timeout(timeout));
+                    }
                 },
                 Next::Paused => {
-                    if tokio::time::timeout_at(deadline, self.changed.notified()).await.is_err() {
+                    if tokio::time::timeout_at(deadline, resumed).await.is_err() {
                         return Err(CheckoutError::Timeout(timeout));
                     }
                     continue;
                 }
             };
-            let mut server = server;
             if self.usable(&mut server) {
                 self.mark(server.id, true);
                 return Ok(server);
             }
-            // Dropping it frees its slot; loop to find or open another.
+            // Dropping it gives its slot back; go round to find or open another.
         }
     }
 
@@ -272,25 +277,83 @@ impl Pool {
         s.generation == self.generation.load(Ordering::Acquire) && s.is_healthy()
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<ServerConn, SessionError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = self.slot(id);
+    /// Opens a server in `reservation` for a client that waits until `deadline` (`None` once
+    /// it has passed). The connect runs on a task of its own so that a client giving up does
+    /// not waste it: a server opened after its client left goes to the next one, or idles.
+    async fn open_for_client(
+        self: &Arc<Self>,
+        reservation: Reservation<ServerConn>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<ServerConn, SessionError>> {
+        let (tx, mut rx) = oneshot::channel();
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(Ok(server)) = tx.send(pool.connect(reservation).await) {
+                pool.checkin(server);
+            }
+        });
+        match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(result)) => Some(result),
+            // The task ended without an answer: it panicked, and its reservation went with it.
+            Ok(Err(_)) => Some(Err(self.unavailable("the connect task ended without an answer".into()))),
+            Err(_) => {
+                rx.close();
+                if let Ok(Ok(s)) = rx.try_recv() {
+                    self.checkin(s);
+                }
+                None
+            }
+        }
+    }
+
+    fn unavailable(&self, detail: String) -> SessionError {
+        SessionError::new(
+            ErrorKind::Upstream,
+            detail,
+            Some(wire::ErrorResponse::fatal(
+                SqlState::CANNOT_CONNECT_NOW,
+                format!("database \"{}\" is not available right now", self.key.database),
+            )),
+        )
+    }
+
+    /// Opens a server in `reservation`; on any error the reservation is dropped, which gives
+    /// its slot back.
+    async fn connect(
+        self: &Arc<Self>,
+        reservation: Reservation<ServerConn>,
+    ) -> Result<ServerConn, SessionError> {
         let db = self.database();
         let role = db
             .role(&self.key.role)
             .ok_or_else(|| SessionError::protocol(format!("role {} is no longer routed", self.key.role)))?;
         let keys = self.keys.lock().expect("pool keys poisoned").clone();
         let generation = self.generation.load(Ordering::Acquire);
-        let up = crate::upstream::connect(&db, &role, &[], keys.as_ref(), self.connect_timeout).await?;
+        // `connect_timeout` bounds reaching the server inside; this bounds the login after it
+        // too, so a server that accepts and then says nothing holds no slot (and no client)
+        // for longer.
+        let login = crate::upstream::connect(&db, &role, &[], keys.as_ref(), self.connect_timeout);
+        let up = match tokio::time::timeout(self.connect_timeout, login).await {
+            Ok(up) => up?,
+            Err(_) => {
+                return Err(self.unavailable(format!(
+                    "upstream login took longer than connect_timeout ({})",
+                    humantime::format_duration(self.connect_timeout)
+                )));
+            }
+        };
         let params = parameter_statuses(&up.startup_frames);
         if !params.is_empty() {
             *self.base_params.lock().expect("pool params poisoned") = params;
         }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.stats.servers_opened.fetch_add(1, Ordering::Relaxed);
         self.servers.lock().expect("pool servers poisoned").insert(
             id,
             ServerEntry { id, pid: up.pid, connected_at: std::time::SystemTime::now(), active: true },
         );
+        let slot = reservation.opened();
+        let pool = Arc::downgrade(self);
         let now = Instant::now();
         Ok(ServerConn {
             id,
@@ -304,77 +367,57 @@ impl Pool {
             created: now,
             last_used: now,
             generation,
-            _slot: slot,
+            _slot: Slot {
+                release: Some(Box::new(move || {
+                    // Out of SHOW SERVERS before the slot is free for another.
+                    if let Some(pool) = pool.upgrade() {
+                        pool.servers.lock().expect("pool servers poisoned").remove(&id);
+                    }
+                    drop(slot);
+                })),
+            },
         })
     }
 
-    /// A slot that, when its server is dropped, lowers the open count and lets a waiter
-    /// open a new server in its place.
-    fn slot(self: &Arc<Self>, id: u64) -> Slot {
-        let weak = Arc::downgrade(self);
-        Slot {
-            release: Some(Box::new(move || {
-                if let Some(pool) = weak.upgrade() {
-                    pool.servers.lock().expect("pool servers poisoned").remove(&id);
-                    let mut st = pool.lock();
-                    st.open = st.open.saturating_sub(1);
-                    // Dropping a waiter's sender wakes it to try again.
-                    st.waiters.pop_front();
-                    drop(st);
-                    pool.changed.notify_waiters();
-                }
-            })),
-        }
-    }
-
-    /// Returns a clean, idle server: to the longest waiting client, or to the idle list.
+    /// Returns a clean, idle server: to the longest waiting client, or to the idle list;
+    /// closes it when the pool is paused or closed, it belongs to a retired upstream, or the
+    /// pool shrank.
     pub fn checkin(&self, mut server: ServerConn) {
         server.last_used = Instant::now();
         server.shrink();
         if server.generation != self.generation.load(Ordering::Acquire) {
             return;
         }
-        let mut st = self.lock();
-        if !st.paused {
-            while let Some(w) = st.waiters.pop_front() {
-                match w.tx.send(server) {
-                    Ok(()) => return,
-                    Err(back) => server = back,
-                }
-            }
-        }
+        // A waiter handed it marks it active again.
         self.mark(server.id, false);
-        if st.paused {
-            // PAUSE closes servers as they come back.
-            drop(st);
-            drop(server);
-            self.changed.notify_waiters();
-            return;
+        let size = self.db.load().pool.pool_size.max(1);
+        if let Some(closing) = self.slots.checkin(server, size) {
+            drop(closing);
         }
-        st.idle.push(server);
     }
 
     pub fn set_paused(&self) {
-        self.lock().paused = true;
+        self.slots.set_paused(true);
     }
 
     /// PAUSE: hold new checkouts, wait until no server is in use, close idle servers.
     pub async fn pause(&self) {
-        self.lock().paused = true;
+        self.slots.set_paused(true);
         loop {
-            let notified = self.changed.notified();
-            let closing = std::mem::take(&mut self.lock().idle);
-            drop(closing);
-            if self.lock().open == 0 {
+            // Every slot given back notifies, and none is added to the idle list while paused.
+            let changed = self.slots.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            drop(self.slots.take_idle());
+            if self.slots.open() == 0 {
                 return;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+            changed.await;
         }
     }
 
     pub fn resume(&self) {
-        self.lock().paused = false;
-        self.changed.notify_waiters();
+        self.slots.set_paused(false);
     }
 
     /// Closes idle servers past their idle timeout or lifetime, and opens servers up to
@@ -382,16 +425,11 @@ impl Pool {
     async fn maintain_once(self: &Arc<Self>) {
         let cfg = self.config();
         let now = Instant::now();
-        let mut retired = Vec::new();
-        let missing = {
-            let mut st = self.lock();
-            if st.paused {
-                return;
-            }
-            let keep = cfg.min_pool_size as usize;
-            let mut kept = Vec::with_capacity(st.idle.len());
+        let keep = cfg.min_pool_size as usize;
+        let retired = self.slots.sweep_idle(|idle| {
+            let mut kept = Vec::with_capacity(idle.len());
+            let mut retired = Vec::new();
             // Newest first, so the warm ones stay.
-            let idle = std::mem::take(&mut st.idle);
             for mut s in idle.into_iter().rev() {
                 let too_old = now.duration_since(s.created) >= cfg.server_lifetime;
                 let too_idle =
@@ -405,19 +443,15 @@ impl Pool {
                 }
             }
             kept.reverse();
-            st.idle = kept;
-            let want = cfg.min_pool_size.min(cfg.pool_size);
-            if st.open < want {
-                let n = want - st.open;
-                st.open += n;
-                n
-            } else {
-                0
-            }
-        };
+            (kept, retired)
+        });
         drop(retired);
-        for _ in 0..missing {
-            match self.connect().await {
+        // One slot at a time, taken just before its connect: warming up never holds slots it
+        // is not using, and a failed connect gives back the one it had.
+        let want = cfg.min_pool_size.min(cfg.pool_size);
+        for _ in 0..want {
+            let Some(reservation) = self.slots.reserve(want) else { break };
+            match self.connect(reservation).await {
                 Ok(s) => self.checkin(s),
                 Err(e) => {
                     tracing::warn!(database = %self.key.database, role = %self.key.role, error = %e.detail, "could not open a warm server");
@@ -434,6 +468,9 @@ async fn maintain(pool: Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
+        if pool.is_closed() {
+            return;
+        }
         pool.maintain_once().await;
     }
 }

@@ -1,12 +1,13 @@
 //! All pools, by (database, role). A pool follows route reloads of its database; pools of
-//! databases that disappear close their idle servers and go once their clients leave.
+//! databases that leave the route table are closed and forgotten (their servers close, idle
+//! ones at once and the others as they come back), and go once their clients leave.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::pool::{Pool, PoolKey};
-use crate::routes::Database;
+use crate::routes::{Database, RouteTable};
 
 #[derive(Default)]
 pub struct Pools {
@@ -24,13 +25,8 @@ impl Pools {
             let p = self.paused.lock().expect("pools lock poisoned");
             p.contains(&None) || p.contains(&Some(db.name.clone()))
         };
-        let pool = map.entry(key.clone()).or_insert_with(|| {
-            let pool = Pool::new(key, Arc::clone(db), connect_timeout);
-            if paused {
-                pool.set_paused();
-            }
-            pool
-        });
+        let pool =
+            map.entry(key.clone()).or_insert_with(|| Pool::new(key, Arc::clone(db), connect_timeout, paused));
         pool.update(db);
         Arc::clone(pool)
     }
@@ -62,6 +58,26 @@ impl Pools {
             if !still_all && !still.contains(&Some(p.key.database.clone())) {
                 p.resume();
             }
+        }
+    }
+
+    /// Follows a route reload: pools of routed databases take their new settings, the others
+    /// are closed and removed (a database routed again later gets a fresh pool).
+    pub fn follow(&self, routes: &RouteTable) {
+        let mut gone = Vec::new();
+        self.map.lock().expect("pools lock poisoned").retain(|key, pool| match routes.get(&key.database) {
+            Some(db) => {
+                pool.update(db);
+                true
+            }
+            None => {
+                gone.push(Arc::clone(pool));
+                false
+            }
+        });
+        // Closed once the registry is let go: logins wait on it, and closing needs it not.
+        for pool in gone {
+            pool.close();
         }
     }
 
