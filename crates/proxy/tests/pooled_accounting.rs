@@ -251,3 +251,25 @@ async fn a_database_leaving_the_route_table_takes_its_servers() {
     until("that server to close too", || async { backend_pids(&s).await.is_some_and(|p| p.is_empty()) })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_queued_behind_failing_connects_are_answered() {
+    let mut s = stack(pooled_kit::pool_of(1)).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let c = within("client", s.client()).await;
+        within("first query", c.simple_query("select 1")).await.unwrap();
+        clients.push(c);
+    }
+    pg_stop(&mut s);
+    // One slot, four clients: three wait behind a connect that fails, and each failure hands
+    // the slot to the next. Every one is answered, with the connect's error or pool_timeout's.
+    let answers =
+        futures_util::future::join_all(clients.iter().map(|c| within("a query", c.simple_query("select 1"))));
+    for (i, answer) in answers.await.into_iter().enumerate() {
+        let e = answer.expect_err("PostgreSQL is down");
+        let code = pooled_kit::sqlstate(&e);
+        assert!(matches!(code, Some("57P03" | "53300")), "client {i}: {e}");
+    }
+    assert_eq!(s.pool().counts(), (0, 0), "nothing is counted while nothing exists");
+}
