@@ -17,6 +17,10 @@ pub enum CancelReason {
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
     pub pending: u32,
+    /// Executes sent whose portal has not answered yet (CommandComplete, EmptyQueryResponse,
+    /// PortalSuspended or an error). An Execute followed by Flush rather than Sync runs with
+    /// no round trip pending, and is as busy as one.
+    pub executing: u32,
     pub status: TransactionStatus,
     pub busy_since: Option<Instant>,
     pub transaction_since: Option<Instant>,
@@ -29,7 +33,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// No round trip in flight and no transaction open.
     pub fn is_idle(&self) -> bool {
-        self.pending == 0 && self.status == TransactionStatus::Idle
+        self.is_quiet() && self.status == TransactionStatus::Idle
+    }
+
+    /// Nothing the client sent is still being answered.
+    pub fn is_quiet(&self) -> bool {
+        self.pending == 0 && self.executing == 0
     }
 }
 
@@ -46,6 +55,7 @@ impl Activity {
         Activity {
             state: Mutex::new(Snapshot {
                 pending: 0,
+                executing: 0,
                 status,
                 busy_since: None,
                 transaction_since: (status != TransactionStatus::Idle).then_some(now),
@@ -70,10 +80,36 @@ impl Activity {
     /// The client sent a message that the server answers with ReadyForQuery.
     pub fn round_trip_sent(&self) {
         self.update(|s| {
-            if s.pending == 0 {
+            if s.is_quiet() {
                 s.busy_since = Some(Instant::now());
             }
             s.pending += 1;
+        })
+    }
+
+    /// The client sent Execute: the statement runs now, Sync or not.
+    pub fn execute_sent(&self) {
+        self.update(|s| {
+            if s.is_quiet() {
+                s.busy_since = Some(Instant::now());
+            }
+            s.executing = s.executing.saturating_add(1);
+        })
+    }
+
+    /// An Execute was answered (`failed`: with an error, after which the server skips the
+    /// rest until Sync, so every Execute sent is answered).
+    pub fn execute_done(&self, failed: bool) {
+        self.update(|s| {
+            if s.executing == 0 {
+                return;
+            }
+            s.executing = if failed { 0 } else { s.executing - 1 };
+            if s.is_quiet() {
+                s.busy_since = None;
+                s.cancel = None;
+                s.idle_since = Instant::now();
+            }
         })
     }
 
@@ -82,6 +118,7 @@ impl Activity {
         self.update(|s| {
             let now = Instant::now();
             s.pending = s.pending.saturating_sub(1);
+            s.executing = 0;
             // Each statement of a pipeline gets its own clock.
             s.busy_since = (s.pending > 0).then_some(now);
             if s.pending == 0 {

@@ -215,7 +215,7 @@ async fn watchdog(
             }
             soonest(due);
         }
-        if s.pending == 0 {
+        if s.is_quiet() {
             let (limit, code, what) = if s.status == TransactionStatus::Idle {
                 (limits.idle_timeout, SqlState::IDLE_SESSION_TIMEOUT, "idle-session timeout (idle_timeout")
             } else {

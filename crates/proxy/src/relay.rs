@@ -95,7 +95,11 @@ where
                         activity.round_trip_sent();
                     }
                     match tag {
-                        frontend::EXECUTE | frontend::QUERY => syncs_since_execute = 0,
+                        frontend::EXECUTE => {
+                            activity.execute_sent();
+                            syncs_since_execute = 0;
+                        }
+                        frontend::QUERY => syncs_since_execute = 0,
                         frontend::SYNC => syncs_since_execute = syncs_since_execute.saturating_add(1),
                         frontend::COPY_DONE | frontend::COPY_FAIL => {
                             activity.copy_in_ended(std::mem::take(&mut syncs_since_execute))
@@ -233,10 +237,15 @@ where
                         }
                         _ => pos += HEADER_LEN + len,
                     }
+                    activity.execute_done(true);
                 }
                 tag => {
-                    if tag == backend::COPY_IN_RESPONSE {
-                        activity.copy_in_started();
+                    match tag {
+                        backend::COPY_IN_RESPONSE => activity.copy_in_started(),
+                        backend::COMMAND_COMPLETE
+                        | backend::EMPTY_QUERY_RESPONSE
+                        | backend::PORTAL_SUSPENDED => activity.execute_done(false),
+                        _ => {}
                     }
                     pos += HEADER_LEN;
                     remaining = len;

@@ -100,6 +100,10 @@ pub struct ExpectQueue {
     /// The server reported an error in an extended-protocol message and discards everything
     /// until the next Sync; entries pushed meanwhile will get no answer.
     skipping: bool,
+    /// An extended-protocol message went to the server after the last Sync. Until a Sync
+    /// is answered the server holds what the client began (an implicit transaction, the
+    /// unnamed statement and portal, an error it is skipping past), so it is not released.
+    unsynced: bool,
 }
 
 impl ExpectQueue {
@@ -111,6 +115,11 @@ impl ExpectQueue {
         self.q.len()
     }
 
+    /// Whether extended-protocol messages were sent with no Sync after them yet.
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
     /// Adds an entry for a message just sent (or answered by the proxy). Returns false when
     /// the server is skipping to Sync, in which case the message gets no answer at all.
     pub fn push(&mut self, e: Expect) -> bool {
@@ -120,6 +129,11 @@ impl ExpectQueue {
         }
         if is_sync {
             self.skipping = false;
+            self.unsynced = false;
+        } else if let Expect::Client(k) | Expect::Injected(k) = &e
+            && k.is_extended()
+        {
+            self.unsynced = true;
         }
         self.q.push_back(e);
         true

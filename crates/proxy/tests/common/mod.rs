@@ -121,6 +121,15 @@ impl Stack {
         self.proxy.connect("app", "alice", PASSWORD).await.expect("connect as alice")
     }
 
+    /// The same through the pooled listener.
+    pub async fn pooled_alice(&self) -> Client {
+        self.pooled_alice_with_conn().await.0
+    }
+
+    pub async fn pooled_alice_with_conn(&self) -> (Client, ConnTask) {
+        self.proxy.connect_pooled("app", "alice", PASSWORD).await.expect("connect as alice (pooled)")
+    }
+
     /// A fresh session through the proxy runs a query: the proxy is still serving.
     pub async fn assert_serving(&self) {
         let c = within("fresh session", self.alice()).await;

@@ -163,6 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         self.mode == PoolMode::Transaction
             && !self.pins.is_pinned()
             && a.queue.is_empty()
+            && !a.queue.unsynced()
             && self.status == TransactionStatus::Idle
             && a.server.rbuf.is_empty()
             && a.server.wbuf.is_empty()

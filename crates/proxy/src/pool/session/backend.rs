@@ -68,6 +68,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             {
                 return Some(Event::ServerGone(format!("server is going away: {e}")));
             }
+            if tag == b'E' && std::mem::take(&mut self.copy_in) {
+                // The COPY failed (a cancel, a bad row): the server has left copy-in, and
+                // the Syncs it received meanwhile were ignored, so none of them gets a
+                // ReadyForQuery; the client's CopyDone or CopyFail that follows is skipped
+                // with the rest until its next Sync, which is answered.
+                a.queue.drop_syncs_after_front();
+            }
             let (verdict, finished) = a.queue.on_server_message(tag);
             tracing::trace!(tag = %(tag as char), ?verdict, queue = a.queue.len(), "server message");
             match finished {

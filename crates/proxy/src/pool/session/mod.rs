@@ -32,6 +32,7 @@ mod timers;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -225,12 +226,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let mut shutdown_wait = std::pin::pin!(shutdown.cancelled());
         let info = Arc::clone(&self.info);
         let mut unrouted = std::pin::pin!(info.gone.notified());
+        // One timer for the session, re-armed inside the poll: what a poll of the sockets
+        // starts (a query, a transaction, an Execute with no Sync after it) moves the next
+        // deadline without any event, and a deadline taken only between events would never
+        // see it (the query, transaction and idle-in-transaction limits then never fired).
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(far_future().into()));
+        let mut armed = far_future();
         loop {
-            let deadline = self.next_deadline();
             let event = tokio::select! {
                 biased;
-                ev = poll_fn(|cx| self.poll_io(cx)) => ev,
-                () = tokio::time::sleep_until(deadline.into()), if deadline != far_future() => Event::Timer,
+                ev = poll_fn(|cx| {
+                    if let Poll::Ready(ev) = self.poll_io(cx) {
+                        return Poll::Ready(ev);
+                    }
+                    let deadline = self.next_deadline();
+                    if deadline != armed {
+                        armed = deadline;
+                        timer.as_mut().reset(deadline.into());
+                    }
+                    if deadline != far_future() && timer.as_mut().poll(cx).is_ready() {
+                        armed = far_future();
+                        return Poll::Ready(Event::Timer);
+                    }
+                    Poll::Pending
+                }) => ev,
                 () = &mut shutdown_wait, if !self.shutting_down => Event::Shutdown,
                 () = &mut unrouted => Event::Fatal(crate::clients::database_gone(&self.pool.key.database)),
             };
