@@ -15,6 +15,7 @@ impl ApiKeys for CatalogKeys {
             match self.catalog.authenticate_api_key(&presented).await {
                 Ok(Some(k)) => Ok(Some(KeyGrant {
                     can_connect: k.has_scope(Scope::CredentialsRead),
+                    can_administer: k.has_scope(Scope::Admin),
                     organization_id: k.organization_id,
                     project_id: k.project_id,
                 })),

@@ -30,16 +30,20 @@ pub enum Scope {
     JobsRead,
     #[serde(rename = "keys:write")]
     KeysWrite,
+    /// The proxy's admin console (SHOW, PAUSE, RELOAD…), for organization-wide keys.
+    #[serde(rename = "admin")]
+    Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::ProjectsRead,
         Scope::ProjectsWrite,
         Scope::CredentialsRead,
         Scope::CredentialsWrite,
         Scope::JobsRead,
         Scope::KeysWrite,
+        Scope::Admin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Scope {
             Scope::CredentialsWrite => "credentials:write",
             Scope::JobsRead => "jobs:read",
             Scope::KeysWrite => "keys:write",
+            Scope::Admin => "admin",
         }
     }
 

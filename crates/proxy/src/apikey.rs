@@ -32,6 +32,8 @@ pub struct KeyGrant {
     pub project_id: Option<String>,
     /// Whether the key may open database sessions (it holds `credentials:read`).
     pub can_connect: bool,
+    /// Whether the key may open the admin console (it holds `admin`).
+    pub can_administer: bool,
 }
 
 /// Which API keys may log in to a database, and as which role.
@@ -71,9 +73,14 @@ pub(crate) fn authorize(
 ) -> Result<KeyLogin, SessionError> {
     let grant = grant.ok_or_else(refused)?;
     if admin {
-        return match grant.project_id {
-            None => Ok(KeyLogin::Admin),
-            Some(_) => Err(refused()),
+        return match (&grant.project_id, grant.can_administer) {
+            (None, true) => Ok(KeyLogin::Admin),
+            (None, false) => Err(SessionError::fatal(
+                ErrorKind::Auth,
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                "this API key lacks the admin scope needed for the admin console",
+            )),
+            (Some(_), _) => Err(refused()),
         };
     }
     let access = db.and_then(|d| d.api_key_access.as_ref()).ok_or_else(refused)?;
@@ -143,7 +150,12 @@ mod tests {
     }
 
     fn grant(org: &str, project: Option<&str>, can_connect: bool) -> Option<KeyGrant> {
-        Some(KeyGrant { organization_id: org.into(), project_id: project.map(Into::into), can_connect })
+        Some(KeyGrant {
+            organization_id: org.into(),
+            project_id: project.map(Into::into),
+            can_connect,
+            can_administer: project.is_none(),
+        })
     }
 
     fn db() -> Database {
@@ -183,6 +195,22 @@ mod tests {
             let Err(e) = c else { panic!("expected a refusal") };
             assert_eq!(message(e), REFUSED);
         }
+    }
+
+    #[test]
+    fn the_console_needs_an_organization_key_with_the_admin_scope() {
+        assert!(matches!(authorize(grant("org_a", None, true), None, true), Ok(KeyLogin::Admin)));
+        let mut g = grant("org_a", None, true);
+        if let Some(g) = g.as_mut() {
+            g.can_administer = false;
+        }
+        let Err(e) = authorize(g, None, true) else { panic!("an organization key without admin") };
+        assert!(message(e).contains("admin scope"));
+        let mut g = grant("org_a", Some("proj_a"), true);
+        if let Some(g) = g.as_mut() {
+            g.can_administer = true;
+        }
+        assert!(authorize(g, None, true).is_err(), "a project key, whatever its scopes");
     }
 
     #[test]

@@ -34,9 +34,16 @@ const SHOP_KEY: &str = "berth_live_shop";
 const ORG_KEY: &str = "berth_live_org";
 const BLOG_KEY: &str = "berth_live_blog";
 const NO_SCOPE_KEY: &str = "berth_live_no_scope";
+/// An organization-wide key without the admin scope.
+const ORG_READER_KEY: &str = "berth_live_org_reader";
 
 fn grant(project: Option<&str>, can_connect: bool) -> KeyGrant {
-    KeyGrant { organization_id: "org_1".into(), project_id: project.map(Into::into), can_connect }
+    KeyGrant {
+        organization_id: "org_1".into(),
+        project_id: project.map(Into::into),
+        can_connect,
+        can_administer: project.is_none() && can_connect,
+    }
 }
 
 struct Stack {
@@ -72,6 +79,7 @@ async fn stack(settings: ProxySettings) -> Stack {
         g.insert(ORG_KEY.into(), grant(None, true));
         g.insert(BLOG_KEY.into(), grant(Some("proj_blog"), true));
         g.insert(NO_SCOPE_KEY.into(), grant(Some("proj_shop"), false));
+        g.insert(ORG_READER_KEY.into(), grant(None, false));
     }
     proxy.proxy.set_api_keys(keys.clone());
     Stack { _pg: pg, proxy, keys }
@@ -163,18 +171,29 @@ async fn an_unreachable_catalog_is_57p03_not_a_hang() {
 }
 
 #[tokio::test]
-async fn the_admin_console_takes_organization_keys_only() {
+async fn the_admin_console_takes_organization_keys_with_the_admin_scope_only() {
     let s = stack(ProxySettings::default()).await;
     let (admin, _c) = s.proxy.connect("berth", "apikey", ORG_KEY).await.unwrap();
     let rows = admin.simple_query("SHOW DATABASES").await.unwrap();
-    let names: Vec<String> = rows
+    let rows: Vec<_> = rows
         .iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("name").map(str::to_owned),
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                r.get("name").unwrap_or_default().to_owned(),
+                r.get("host").unwrap_or_default().to_owned(),
+            )),
             _ => None,
         })
         .collect();
-    assert!(names.contains(&"shop".to_owned()), "{names:?}");
+    assert!(rows.iter().any(|(n, _)| n == "shop"), "{rows:?}");
+    // Upstreams on sockets (every managed instance) show no path.
+    let socket_dir = s._pg.socket_dir().display().to_string();
+    for (name, host) in &rows {
+        assert!(host.is_empty() && !host.contains(&socket_dir), "{name}: host {host:?}");
+    }
     let e = refused(s.proxy.connect("berth", "apikey", SHOP_KEY).await, "project key on the console");
     assert_eq!(sqlstate(&e), Some("28000"));
+    let e = refused(s.proxy.connect("berth", "apikey", ORG_READER_KEY).await, "org key without admin");
+    assert_eq!(sqlstate(&e), Some("28000"));
+    assert!(e.as_db_error().is_some_and(|d| d.message().contains("admin scope")), "{e:?}");
 }

@@ -1,4 +1,6 @@
-//! SHOW DATABASES: the route table as the proxy serves it now (no credentials).
+//! SHOW DATABASES: the route table as the proxy serves it now (no credentials, and no
+//! socket paths: an upstream on a unix socket shows an empty host, as in PgBouncer, so the
+//! console says nothing of where Berth keeps its instances).
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ pub fn run(shared: &Arc<Shared>) -> ResultSet {
     let routes = shared.routes.load_full();
     for db in routes.databases() {
         let (host, port) = match &db.upstream.addr {
-            UpstreamAddr::Unix { dir, port } => (dir.display().to_string(), *port),
+            UpstreamAddr::Unix { port, .. } => (String::new(), *port),
             UpstreamAddr::Tcp { host, port } => (host.clone(), *port),
         };
         let paused = shared.pools.for_database(&db.name).iter().any(|p| p.is_paused());
