@@ -238,20 +238,20 @@ impl Catalog {
     }
 
     /// Puts running jobs whose lease ran out back to `pending` (or `failed` when their
-    /// attempts are spent). Returns how many were touched.
-    pub async fn requeue_expired_jobs(&self) -> Result<u64, CatalogError> {
-        let done = sqlx::query(
+    /// attempts are spent) and returns them as they are now: the caller owes a job that
+    /// failed here its handler's clean-up, since the worker that held it never will.
+    pub async fn requeue_expired_jobs(&self) -> Result<Vec<Job>, CatalogError> {
+        Ok(sqlx::query_as(
             "UPDATE jobs SET \
                state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END, \
                error = 'the worker running attempt ' || attempts || ' stopped renewing its lease', \
                retry_classification = 'transient', \
                completed_at = CASE WHEN attempts >= max_attempts THEN now() END, \
                lease_expires_at = NULL, updated_at = now() \
-             WHERE state = 'running' AND lease_expires_at < now()",
+             WHERE state = 'running' AND lease_expires_at < now() RETURNING *",
         )
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Marks an attempt succeeded.

@@ -88,7 +88,7 @@ async fn an_expired_lease_goes_to_another_worker_and_the_stale_completion_is_fen
     assert_eq!((a.id.as_str(), a.attempts, a.state.as_str()), (queued.id.as_str(), 1, job_state::RUNNING));
     assert!(catalog.claim_job("b", LEASE).await.unwrap().is_none(), "a running job is not claimable");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(catalog.requeue_expired_jobs().await.unwrap(), 1);
+    assert_eq!(catalog.requeue_expired_jobs().await.unwrap().len(), 1);
 
     let b = catalog.claim_job("b", LEASE).await.unwrap().unwrap();
     assert_eq!((b.id.as_str(), b.attempts, b.claimed_by.as_deref()), (queued.id.as_str(), 2, Some("b")));
@@ -116,7 +116,12 @@ async fn an_expired_lease_on_the_last_attempt_fails_the_job() {
     let queued = catalog.enqueue_job(&one_shot).await.unwrap().unwrap();
     catalog.claim_job("a", Duration::from_millis(100)).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    catalog.requeue_expired_jobs().await.unwrap();
+    let requeued = catalog.requeue_expired_jobs().await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(
+        (requeued[0].id.as_str(), requeued[0].state.as_str()),
+        (queued.id.as_str(), job_state::FAILED)
+    );
     let failed = catalog.job(&queued.id).await.unwrap().unwrap();
     assert_eq!(failed.state, job_state::FAILED);
     assert!(failed.error.unwrap().contains("lease"));

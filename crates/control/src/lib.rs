@@ -24,7 +24,7 @@ use catalog::{Catalog, MasterKey};
 pub use api::router;
 pub use events::JobEvents;
 pub use instances::Instances;
-pub use worker::{Worker, WorkerSettings};
+pub use worker::{Handler, Worker, WorkerSettings};
 
 /// Where clients reach projects: what connection strings point at.
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ pub async fn harness() -> Harness {
         Arc::new(Instances::new(PgBinaries::find().unwrap(), dir.path(), InitOptions::fast_unsafe()));
     let settings = WorkerSettings {
         lease: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(3),
         retry_base: Duration::from_millis(10),
         poll: Duration::from_millis(50),
     };
