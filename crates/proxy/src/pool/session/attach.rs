@@ -97,6 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     /// Gives the server back: to the pool when it is clean and idle, otherwise closes it.
     pub(super) fn release(&mut self) {
         let Some(a) = self.attached.take() else { return };
+        self.resent = false;
         self.cancel.set(None);
         self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.info.set_state(ClientState::Idle);
@@ -136,9 +137,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         self.pool.checkin(a.server);
     }
 
-    pub(super) fn resend_possible(&self) -> bool {
+    /// Whether what the client sent may go to another server: nothing of the answer reached
+    /// the client, it cannot have committed (the server was gone before reading it, it was
+    /// aborted by the server's shutdown, or it ran no statement), and it was not resent
+    /// already (a statement that ends its own backend would otherwise open backends forever).
+    pub(super) fn resend_possible(&self, how: super::Gone) -> bool {
         let Some(a) = &self.attached else { return false };
-        a.silent && a.replay.is_some() && !a.attached_in_transaction && self.c_remaining == 0
+        let Some(replay) = a.replay.as_ref() else { return false };
+        let uncommitted = match how {
+            super::Gone::ShuttingDown | super::Gone::Unwritable => true,
+            super::Gone::Lost => !runs_a_statement(replay),
+        };
+        a.silent && uncommitted && !self.resent && !a.attached_in_transaction && self.c_remaining == 0
     }
 
     /// Replaces a server that died before answering and resends what the client sent.
@@ -155,6 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         self.copy_in = false;
         let server = checkout(&self.pool).await?;
         self.attach_server(server);
+        self.resent = true;
         Ok(())
     }
 
@@ -171,6 +182,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             && self.c_remaining == 0
             && self.s_remaining == 0
     }
+}
+
+/// Whether client bytes hold a message that runs something: Query, Execute, FunctionCall.
+fn runs_a_statement(mut bytes: &[u8]) -> bool {
+    while bytes.len() >= 5 {
+        if matches!(bytes[0], b'Q' | b'E' | b'F') {
+            return true;
+        }
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        match bytes.get(1 + len..) {
+            Some(rest) if len >= 4 => bytes = rest,
+            // A partial or malformed frame: assume the worst.
+            _ => return true,
+        }
+    }
+    false
 }
 
 pub(super) fn keep_for_replay(a: &mut Attached, bytes: &[u8]) {

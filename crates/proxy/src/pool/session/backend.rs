@@ -15,7 +15,7 @@ use wire::{ErrorResponse, Severity, SqlState};
 use crate::pool::classify::Effect;
 use crate::pool::expect::{Finished, Verdict};
 
-use super::{Event, Session};
+use super::{Event, Gone, Session};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     pub(super) fn emit_replies(&mut self) {
@@ -52,7 +52,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             let (tag, len) = match peek_header(&a.server.rbuf, usize::MAX) {
                 Ok(Some(h)) => h,
                 Ok(None) => return None,
-                Err(e) => return Some(Event::ServerGone(format!("server broke the protocol: {e}"))),
+                Err(e) => {
+                    return Some(Event::ServerGone(Gone::Lost, format!("server broke the protocol: {e}")));
+                }
             };
             let whole = a.server.rbuf.len() >= HEADER_LEN + len;
             if matches!(tag, b'Z' | b'E') && !whole {
@@ -66,7 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 && e.severity() == Some(Severity::Fatal.as_str())
                 && e.code().is_some_and(|c| c.class() == "57")
             {
-                return Some(Event::ServerGone(format!("server is going away: {e}")));
+                return Some(Event::ServerGone(Gone::ShuttingDown, format!("server is going away: {e}")));
             }
             if tag == b'E' && std::mem::take(&mut self.copy_in) {
                 // The COPY failed (a cancel, a bad row): the server has left copy-in, and

@@ -14,7 +14,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::pool::server::ServerConn;
 
-use super::{Event, Session};
+use super::{Event, Gone, Session};
 
 /// Stop reading a side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -145,20 +145,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                     Poll::Ready(Ok(true)) => progress = true,
                     Poll::Ready(Ok(false)) | Poll::Pending => {}
                     Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Event::ServerGone(format!("server write failed: {e}")));
+                        return Poll::Ready(Event::ServerGone(
+                            Gone::Unwritable,
+                            format!("server write failed: {e}"),
+                        ));
                     }
                 }
                 if self.client.wbuf.len() < HIGH_WATER {
                     match poll_server_read(&mut a.server, cx) {
                         Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Event::ServerGone("server closed the connection".into()));
+                            return Poll::Ready(Event::ServerGone(
+                                Gone::Lost,
+                                "server closed the connection".into(),
+                            ));
                         }
                         Poll::Ready(Ok(n)) => {
                             self.pool.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                             progress = true;
                         }
                         Poll::Ready(Err(e)) => {
-                            return Poll::Ready(Event::ServerGone(format!("server read failed: {e}")));
+                            return Poll::Ready(Event::ServerGone(
+                                Gone::Lost,
+                                format!("server read failed: {e}"),
+                            ));
                         }
                         Poll::Pending => {}
                     }

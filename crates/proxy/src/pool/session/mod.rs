@@ -133,6 +133,7 @@ where
         s_forward: false,
         skip_client_until_sync: false,
         copy_in: false,
+        resent: false,
         cancel,
         shutting_down: false,
         info: Arc::clone(info),
@@ -172,11 +173,24 @@ struct Attached {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// How a server went away, which decides whether what it was sent may go to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// It said FATAL 57xxx (shutting down, terminated) before answering: the statement it
+    /// was running, if any, was aborted with its transaction.
+    ShuttingDown,
+    /// Writing to it failed: it was gone before it could read what it was sent.
+    Unwritable,
+    /// It closed or broke off after being sent a request: the request may have run, and
+    /// an autocommit statement may have committed.
+    Lost,
+}
+
 enum Event {
     NeedServer,
     Release,
     ClientGone(String),
-    ServerGone(String),
+    ServerGone(Gone, String),
     Fatal(ErrorResponse),
     Timer,
     Shutdown,
@@ -212,6 +226,8 @@ struct Session<S: AsyncRead + AsyncWrite + Unpin> {
     skip_client_until_sync: bool,
     copy_in: bool,
     cancel: CancelGuard,
+    /// What the client sent since its server was attached went to a second server once.
+    resent: bool,
     shutting_down: bool,
     /// This client's SHOW CLIENTS entry.
     info: Arc<ClientInfo>,
@@ -270,8 +286,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 }
                 Event::Release => self.release(),
                 Event::ClientGone(reason) => return reason,
-                Event::ServerGone(reason) => {
-                    if self.resend_possible() {
+                Event::ServerGone(how, reason) => {
+                    if self.resend_possible(how) {
                         tracing::info!(database = %self.pool.key.database, %reason, "server lost before answering; resending the transaction on another server");
                         if let Err(e) = Box::pin(self.resend()).await {
                             return self.fatal(e).await;

@@ -1,0 +1,128 @@
+//! A pooled server that goes away before answering: what the client sent goes to another
+//! server only when it cannot have committed, and only once. A statement that ends its own
+//! backend is tried twice at most, not forever; a request an upstream took and then dropped
+//! the connection on is never sent again (an autocommit write may have committed).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use common::{PASSWORD, sqlstate, stack, within};
+use proxy::routes::{Database, Role, Upstream, UpstreamAddr};
+use proxy::secret::Secret;
+use proxy::{Limits, PoolConfig, ProxySettings, RouteTable, SslMode};
+use testkit::TestProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wire::backend::{Authentication, BackendMessage, TransactionStatus};
+use wire::scram::ScramVerifier;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_ends_its_own_backend_is_tried_twice_at_most() {
+    let s = stack().await;
+    let c = s.pooled_alice().await;
+    c.batch_execute("create sequence attempts").await.unwrap();
+    // nextval is not rolled back: it counts every run, aborted or not.
+    let r = within(
+        "the self-terminating statement",
+        c.batch_execute(
+            "do $$ begin perform nextval('attempts'); perform pg_terminate_backend(pg_backend_pid()); end $$",
+        ),
+    )
+    .await;
+    let e = r.unwrap_err();
+    assert!(sqlstate(&e).is_none_or(|c| c.starts_with("57") || c.starts_with("08")), "unexpected error: {e}");
+    let check = s.alice().await;
+    let runs: i64 = check.query_one("select last_value from attempts", &[]).await.unwrap().get(0);
+    assert!((1..=2).contains(&runs), "the statement ran {runs} times");
+}
+
+/// An upstream that logs anyone in and answers settings, then drops the connection on an
+/// insert without answering, as a server that crashed mid-statement does. Counts inserts.
+async fn dropping_upstream() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        for pid in 1..200 {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                // The StartupMessage.
+                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut out = BytesMut::new();
+                BackendMessage::Authentication(Authentication::Ok).encode(&mut out);
+                BackendMessage::ParameterStatus { name: "server_version".into(), value: "15.0".into() }
+                    .encode(&mut out);
+                BackendMessage::BackendKeyData { pid, secret: 7 }.encode(&mut out);
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
+                if sock.write_all(&out).await.is_err() {
+                    return;
+                }
+                // Settings the proxy applies are answered; the client's insert is counted,
+                // and the connection ends unanswered.
+                loop {
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    if buf[..n].windows(6).any(|w| w == b"insert") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let mut out = BytesMut::new();
+                    BackendMessage::CommandComplete { tag: "SET".into() }.encode(&mut out);
+                    BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
+                    if sock.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_server_took_and_dropped_is_not_sent_again() {
+    testkit::init_tracing();
+    let (port, requests) = dropping_upstream().await;
+    let db = Database {
+        name: "app".into(),
+        upstream: Upstream {
+            addr: UpstreamAddr::Tcp { host: "127.0.0.1".into(), port },
+            dbname: "app".into(),
+            ssl_mode: SslMode::Disable,
+            ssl_root_cert: None,
+            tls: None,
+            trust: Default::default(),
+        },
+        roles: HashMap::from([(
+            "alice".to_owned(),
+            Role {
+                name: "alice".into(),
+                verifiers: vec![ScramVerifier::generate(PASSWORD)],
+                upstream_password: Some(Secret::new(PASSWORD)),
+            },
+        )]),
+        limits: Limits::default(),
+        pool: PoolConfig::default(),
+        api_key_access: None,
+        auth_query: None,
+        close_sessions_on_removal: false,
+    };
+    let proxy = TestProxy::start(RouteTable::new([db]), ProxySettings::default()).await.unwrap();
+    let (c, _conn) = within("login", proxy.connect_pooled("app", "alice", PASSWORD)).await.unwrap();
+    let e = within("the dropped request", c.simple_query("insert into t values (1)")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("08006"), "{e}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "the request went to another server");
+}
