@@ -18,8 +18,14 @@ use crate::tls::{ALPN_POSTGRESQL, TlsServer};
 const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 
 pub enum Negotiated<S: AsyncRead + AsyncWrite + Unpin> {
-    Startup { stream: ClientStream<S>, startup: StartupMessage },
-    Cancel(CancelRequest),
+    Startup {
+        stream: ClientStream<S>,
+        startup: StartupMessage,
+    },
+    /// With the stream it came on, to be closed once the cancel is handled: over TLS with a
+    /// close_notify, as PostgreSQL does (libpq's encrypted cancel reports an unexpected EOF
+    /// without one).
+    Cancel(CancelRequest, ClientStream<S>),
 }
 
 pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
@@ -76,7 +82,7 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     send_error(&mut raw, SessionError::protocol("duplicate encryption request")).await
                 );
             }
-            StartupPacket::Cancel(c) => return Ok(Negotiated::Cancel(c)),
+            StartupPacket::Cancel(c) => return Ok(Negotiated::Cancel(c, ClientStream::Plain(raw))),
             StartupPacket::Startup(startup) => {
                 if require_tls {
                     let e = SessionError::fatal(
@@ -98,7 +104,7 @@ fn into_negotiated<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Negotiated<S>, SessionError> {
     match packet {
         StartupPacket::Startup(startup) => Ok(Negotiated::Startup { stream, startup }),
-        StartupPacket::Cancel(c) => Ok(Negotiated::Cancel(c)),
+        StartupPacket::Cancel(c) => Ok(Negotiated::Cancel(c, stream)),
         StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
             Err(SessionError::protocol("unexpected encryption request inside TLS"))
         }

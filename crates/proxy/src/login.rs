@@ -62,7 +62,7 @@ where
             let e = send_error(&mut stream, e).await;
             log_end(&peer, &e);
         }
-        Ok(Ok(Negotiated::Cancel(req))) => handle_cancel(&shared, req).await,
+        Ok(Ok(Negotiated::Cancel(req, stream))) => handle_cancel(&shared, req, stream).await,
         Ok(Err(e)) => log_end(&peer, &e),
         Err(_) => tracing::info!(%peer, "closing refused connection: authentication timeout"),
     }
@@ -83,8 +83,8 @@ where
 {
     let (mut client, startup) = match negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls).await?
     {
-        Negotiated::Cancel(req) => {
-            handle_cancel(shared, req).await;
+        Negotiated::Cancel(req, stream) => {
+            handle_cancel(shared, req, stream).await;
             return Ok(None);
         }
         Negotiated::Startup { stream, startup } => (stream, startup),
@@ -215,14 +215,19 @@ where
     Ok(Some(Login::Session(LoggedIn { client, startup, db, user, keys, count })))
 }
 
-pub(crate) async fn handle_cancel(shared: &Arc<Shared>, req: wire::CancelRequest) {
-    // PostgreSQL answers a CancelRequest with nothing, whether or not the key matched.
-    let Some(target) = shared.cancels.lookup(&req) else {
-        tracing::info!(pid = req.pid, "cancel request with an unknown key ignored");
-        return;
-    };
-    match cancel::forward(&target, shared.settings.connect_timeout).await {
-        Ok(()) => tracing::info!(pid = req.pid, "cancel request forwarded"),
-        Err(e) => tracing::warn!(pid = req.pid, error = %e, "cancel request could not be forwarded"),
+pub(crate) async fn handle_cancel<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    req: wire::CancelRequest,
+    mut stream: crate::stream::ClientStream<S>,
+) {
+    // PostgreSQL answers a CancelRequest with nothing, whether or not the key matched, and
+    // then closes the connection (TLS with a close_notify).
+    match shared.cancels.lookup(&req) {
+        None => tracing::info!(pid = req.pid, "cancel request with an unknown key ignored"),
+        Some(target) => match cancel::forward(&target, shared.settings.connect_timeout).await {
+            Ok(()) => tracing::info!(pid = req.pid, "cancel request forwarded"),
+            Err(e) => tracing::warn!(pid = req.pid, error = %e, "cancel request could not be forwarded"),
+        },
     }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.shutdown()).await;
 }

@@ -138,3 +138,26 @@ async fn end_orphans(s: &common::Stack) {
     })
     .await;
 }
+
+/// libpq's encrypted cancel (PostgreSQL 17's PQcancelBlocking, psycopg's `cancel_safe()`)
+/// sends its CancelRequest inside TLS and waits for the server to close: the proxy ends the
+/// TLS session with a close_notify, as PostgreSQL does, on both ports, so the client reads a
+/// clean end instead of "unexpected eof".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_over_tls_is_answered_with_a_clean_tls_close_on_both_ports() {
+    let s = stack().await;
+    for addr in [s.proxy.addr, s.proxy.pooled_addr] {
+        let target = RawConn::login(addr, s.proxy.client_tls(), "app", "alice", PASSWORD).await.unwrap();
+        let key = CancelRequest { pid: target.pid, secret: target.secret };
+        let mut tls = within("TLS", testkit::raw::tls_connect(addr, s.proxy.client_tls())).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        StartupPacket::Cancel(key).encode(&mut buf);
+        tls.write_all(&buf).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let read = within("the proxy to close", tls.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "{addr}: the TLS session ended without close_notify: {read:?}");
+        assert!(rest.is_empty(), "{addr}: a CancelRequest is answered with nothing");
+        drop(target);
+    }
+}
