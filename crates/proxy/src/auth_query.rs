@@ -2,7 +2,7 @@
 //! PgBouncer's `auth_query` does: the proxy logs in with the registered credentials, reads
 //! the role's SCRAM verifier from `pg_authid`, checks the client's exchange against it, and
 //! opens server connections as that role with the keys from the client's own exchange. No
-//! password of those roles is ever stored. Verifiers are cached for a while and dropped when
+//! password of those roles is ever stored. Verifiers are cached for a second and dropped when
 //! a login against them fails, so a changed password is fetched again at the next attempt.
 
 use std::collections::HashMap;
@@ -18,8 +18,11 @@ use crate::routes::{Database, Role, Upstream};
 use crate::secret::Secret;
 use crate::stream::UpstreamStream;
 
-/// How long a fetched verifier is trusted before it is fetched again.
-const FRESH_FOR: Duration = Duration::from_secs(60);
+/// How long a fetched verifier is trusted before it is fetched again: long enough that a
+/// burst of logins costs one upstream lookup, short enough that a password changed upstream
+/// (the old one refused, the new one accepted) takes effect within a second. PgBouncer runs
+/// its auth_query on every login; a failed login also drops the cached verifier at once.
+const FRESH_FOR: Duration = Duration::from_secs(1);
 /// Answers to the auth query are a row or two.
 const MAX_ANSWER: usize = 64 * 1024;
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{message, refused, set_hba, sqlstate};
+use common::{message, refused, set_hba, sqlstate, within};
 use proxy::auth_query::AuthQuery;
 use proxy::routes::Role;
 use proxy::secret::Secret;
@@ -129,6 +129,27 @@ async fn a_changed_password_is_fetched_again_after_a_failed_login() {
     assert_eq!(whoami(&c).await, "alice");
     let e = refused(s.proxy.connect("db_registered", "alice", "alice-pw").await, "old password");
     assert_eq!(sqlstate(&e), Some("28P01"));
+}
+
+/// A password changed upstream takes effect within a short bound even when no login fails
+/// in between: the old password stops working (it worked for a minute before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_password_retires_the_old_one_without_a_failed_login() {
+    let s = stack().await;
+    let (c, _c) = s.proxy.connect_pooled("db_registered", "alice", "alice-pw").await.unwrap();
+    assert_eq!(whoami(&c).await, "alice");
+    let su = s.pg.superuser().await.unwrap();
+    su.batch_execute("SET password_encryption = 'scram-sha-256'; ALTER ROLE alice PASSWORD 'alice-new'")
+        .await
+        .unwrap();
+    within("the old password to be refused", async {
+        while s.proxy.connect_pooled("db_registered", "alice", "alice-pw").await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let (c, _c) = s.proxy.connect_pooled("db_registered", "alice", "alice-new").await.unwrap();
+    assert_eq!(whoami(&c).await, "alice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
