@@ -193,11 +193,20 @@ async fn pool_timeout_gives_a_clear_error() {
     let holder = s.client().await;
     holder.batch_execute("BEGIN").await.unwrap();
     let waiter = s.client().await;
-    let err = waiter.query_one("select 1", &[]).await.unwrap_err();
+    // Extended protocol, then simple: each wait ends its request with an ERROR (as
+    // PgBouncer's query_wait_timeout does, but the session goes on, as after any statement
+    // error outside a transaction).
+    let err = within("waiting", waiter.query_one("select 1", &[])).await.unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "53400");
+    assert_eq!(db.severity(), "ERROR");
     assert!(db.message().contains("pool_timeout"), "{}", db.message());
+    let err = within("waiting", waiter.simple_query("select 2")).await.unwrap_err();
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("53400"), "{err}");
+    assert!(!waiter.is_closed(), "the waiting session was ended");
     holder.batch_execute("COMMIT").await.unwrap();
+    let n: i32 = within("after", waiter.query_one("select 3", &[])).await.unwrap().get(0);
+    assert_eq!(n, 3, "the session that waited goes on");
     let again = s.client().await;
     again.query_one("select 1", &[]).await.unwrap();
 }
@@ -308,4 +317,12 @@ async fn warm_servers_are_kept_and_idle_ones_retired() {
         c.query_one("select 1", &[]).await.expect("no client sees the dead server");
     }
     eventually("the pool to be back at min_pool_size", async || s.server_sessions().await == 2).await;
+}
+
+/// Awaits `f`, failing the test if it has not finished within 30 s (a hang fails, no
+/// timing is asserted).
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing happened within 30 s"))
 }

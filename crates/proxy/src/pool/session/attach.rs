@@ -184,6 +184,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
+    /// A wait for a server that timed out between transactions ends that request only, as
+    /// PostgreSQL ends a statement: an ERROR, and the session goes on (inside a transaction,
+    /// or holding session state on a server, it must end).
+    pub(super) fn may_refuse_request(&self, e: &ErrorResponse) -> bool {
+        e.code() == Some(SqlState::CONFIGURATION_LIMIT_EXCEEDED)
+            && self.attached.is_none()
+            && self.status == TransactionStatus::Idle
+            && self.c_remaining == 0
+            && !self.pins.is_pinned()
+    }
+
+    /// Answers the first request waiting in the client's buffer with `e` as an ERROR: a
+    /// Query or FunctionCall is dropped and followed by ReadyForQuery; an extended-protocol
+    /// request is skipped up to its Sync, which is answered as PostgreSQL would after an
+    /// error.
+    pub(super) fn refuse_request(&mut self, mut e: ErrorResponse) {
+        e.set(b'S', "ERROR".into());
+        e.set(b'V', "ERROR".into());
+        self.shared.errors.count(e.get(b'C'));
+        self.client.wbuf.extend_from_slice(&e.to_error_message());
+        let max = self.shared.settings.max_message_size;
+        match wire::frame::peek_header(&self.client.rbuf, max) {
+            Ok(Some((b'Q' | b'F', len))) => {
+                let whole = self.client.rbuf.len() >= wire::frame::HEADER_LEN + len;
+                self.discard_client_frame(len, whole);
+                wire::backend::BackendMessage::ReadyForQuery(self.status).encode(&mut self.client.wbuf);
+            }
+            _ => self.skip_client_until_sync = true,
+        }
+    }
+}
+
 /// Whether client bytes hold a message that runs something: Query, Execute, FunctionCall.
 fn runs_a_statement(mut bytes: &[u8]) -> bool {
     while bytes.len() >= 5 {

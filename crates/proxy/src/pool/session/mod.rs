@@ -281,6 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                     // session, and idle sessions are the many.
                     match Box::pin(checkout(&self.pool)).await {
                         Ok(server) => self.attach_server(server),
+                        Err(e) if self.may_refuse_request(&e) => self.refuse_request(e),
                         Err(e) => return self.fatal(e).await,
                     }
                 }
