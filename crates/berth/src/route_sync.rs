@@ -22,11 +22,16 @@ const FULL_RELOAD: Duration = Duration::from_secs(30);
 /// Builds the proxy's table from the catalog's snapshot.
 pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTable {
     let mut databases: HashMap<String, Database> = HashMap::new();
+    // A project's roles, with no database named, reach its main branch.
+    let mut defaults = Vec::new();
     for e in entries {
         if databases.contains_key(&e.database) {
             // Names are unique per organization; the proxy routes by name alone.
             tracing::warn!(database = %e.database, project_id = %e.project_id, "database name served by another project; skipped");
             continue;
+        }
+        if e.database == e.project_name {
+            defaults.extend(e.roles.iter().map(|r| (r.name.clone(), e.database.clone())));
         }
         let mut roles = HashMap::new();
         for r in e.roles {
@@ -70,7 +75,11 @@ pub fn route_table(entries: Vec<RouteEntry>, instances: &Instances) -> RouteTabl
         };
         databases.insert(e.database, database);
     }
-    RouteTable::new(databases.into_values())
+    let mut table = RouteTable::new(databases.into_values());
+    for (role, database) in defaults {
+        table.set_role_default(&role, &database);
+    }
+    table
 }
 
 /// API-key logins (the tunnel) run as the project's owner role, when it is routed.

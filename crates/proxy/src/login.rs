@@ -135,7 +135,7 @@ where
         return Ok(Some(Login::Admin { client, user }));
     }
     let routes = shared.routes.load_full();
-    let db = routes.get(&db_name).cloned();
+    let db = routes.for_login(&db_name, &user).cloned();
     let listed = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
     let looked_up = listed.is_none() && db.as_ref().is_some_and(|d| d.auth_query.is_some());
     let verifiers = match (&db, looked_up) {

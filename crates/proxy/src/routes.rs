@@ -17,11 +17,32 @@ use crate::secret::Secret;
 #[derive(Debug, Default)]
 pub struct RouteTable {
     databases: HashMap<String, Arc<Database>>,
+    /// Role name → the database a login as that role reaches when it names no database, or
+    /// names its own role as one (libpq sends the user name then: Prisma Postgres strings
+    /// have no database).
+    role_defaults: HashMap<String, String>,
 }
 
 impl RouteTable {
     pub fn new(databases: impl IntoIterator<Item = Database>) -> Self {
-        RouteTable { databases: databases.into_iter().map(|d| (d.name.clone(), Arc::new(d))).collect() }
+        RouteTable {
+            databases: databases.into_iter().map(|d| (d.name.clone(), Arc::new(d))).collect(),
+            role_defaults: HashMap::new(),
+        }
+    }
+
+    /// Logins as `role` that name no database (or the role itself) reach `database`.
+    pub fn set_role_default(&mut self, role: &str, database: &str) {
+        self.role_defaults.insert(role.to_owned(), database.to_owned());
+    }
+
+    /// The database a login as `user` naming `database` reaches: that name's, or (when it
+    /// is empty or the user's own name and no database has that name) the user's default.
+    pub fn for_login(&self, database: &str, user: &str) -> Option<&Arc<Database>> {
+        let name = if database.is_empty() { user } else { database };
+        self.databases.get(name).or_else(|| {
+            (name == user).then(|| self.role_defaults.get(user)).flatten().and_then(|d| self.databases.get(d))
+        })
     }
 
     /// Adds databases; one whose name is already routed is skipped (and returned).
