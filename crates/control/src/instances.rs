@@ -88,19 +88,115 @@ impl Instances {
         Instance::from_template(&self.bins, &self.template, root)
     }
 
-    /// Replaces the branch's instance with the stopped one built at `staging`, and starts
-    /// it under supervision: sessions on the old instance end.
-    pub fn replace(&self, branch_id: &str, staging: &Path) -> Result<(), NodeError> {
+    /// Where a reset keeps the branch's current data while the new instance starts; it goes
+    /// only once the new one serves.
+    pub fn previous_root(&self, branch_id: &str) -> PathBuf {
+        self.dir.join(format!(".{branch_id}.previous"))
+    }
+
+    /// Where set-aside data is moved to be deleted: a name no reset or start reads, so a
+    /// deletion cut short leaves only garbage.
+    fn discarded_root(&self, branch_id: &str) -> PathBuf {
+        self.dir.join(format!(".{branch_id}.discarded"))
+    }
+
+    /// Replaces the branch's instance with the stopped one built at `staging`: the current
+    /// one is stopped (its sessions end) and set aside, the new one moved in and started,
+    /// and only when it serves is the old data deleted. When the new one does not start,
+    /// it goes back to `staging` and the old data is put back and started again.
+    pub fn replace(&self, branch_id: &str, staging: &Path) -> Result<(), ReplaceError> {
         if !staging.join("data").join("PG_VERSION").exists() {
             return Err(NodeError::NotInitialised {
                 root: staging.to_owned(),
                 missing: staging.join("data").join("PG_VERSION"),
+            }
+            .into());
+        }
+        // Data a reset cut short set aside is the branch's; never overwrite it.
+        self.take_back_previous(branch_id)?;
+        let (root, previous) = (self.root(branch_id), self.previous_root(branch_id));
+        self.stop_at(branch_id)?;
+        rename(&root, &previous)?;
+        if let Err(e) = rename(staging, &root) {
+            return Err(match rename(&previous, &root) {
+                Ok(()) => e.into(),
+                Err(back) => ReplaceError::StartFailed { start: Box::new(e), restored: Some(Box::new(back)) },
             });
         }
-        self.remove(branch_id)?;
+        match self.start(branch_id) {
+            Ok(()) => {
+                if let Err(e) = self.discard(branch_id, &previous) {
+                    // The new instance serves; the old files are garbage, but left under the
+                    // set-aside name they would be put back by the next start or reset.
+                    tracing::warn!(branch_id, error = %e, "could not delete a reset branch's old data");
+                    if let Err(e) = std::fs::remove_dir_all(&previous)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::error!(branch_id, path = %previous.display(), error = %e,
+                            "a reset branch's old data is left where it would be put back");
+                    }
+                }
+                Ok(())
+            }
+            Err(start) => {
+                tracing::warn!(branch_id, error = %start, "the reset copy did not start; putting the old data back");
+                let restored = self
+                    .stop_at(branch_id)
+                    .and_then(|()| rename(&root, staging))
+                    .and_then(|()| rename(&previous, &root))
+                    .and_then(|()| self.start(branch_id));
+                Err(ReplaceError::StartFailed {
+                    start: Box::new(start),
+                    restored: restored.err().map(Box::new),
+                })
+            }
+        }
+    }
+
+    /// Puts back, and starts, data a reset set aside and did not get to delete (the worker
+    /// died during the swap): what holds the branch's root then was never confirmed to
+    /// serve. `false` when there was nothing to put back.
+    pub fn recover_reset(&self, branch_id: &str) -> Result<bool, NodeError> {
+        if !self.take_back_previous(branch_id)? {
+            return Ok(false);
+        }
+        self.start(branch_id)?;
+        Ok(true)
+    }
+
+    /// Moves data set aside by a reset back into the branch's root (stopping and deleting
+    /// what is there). `false` when there was none.
+    fn take_back_previous(&self, branch_id: &str) -> Result<bool, NodeError> {
+        let (root, previous) = (self.root(branch_id), self.previous_root(branch_id));
+        if !previous.join("data").join("PG_VERSION").exists() {
+            self.clear(&previous)?;
+            return Ok(false);
+        }
+        tracing::warn!(branch_id, "putting back the data a reset set aside");
+        self.stop_at(branch_id)?;
+        if root.exists() {
+            self.discard(branch_id, &root)?;
+        }
+        rename(&previous, &root)?;
+        Ok(true)
+    }
+
+    /// Stops the branch's instance, supervised or left running by an earlier process.
+    fn stop_at(&self, branch_id: &str) -> Result<(), NodeError> {
+        self.stop(branch_id)?;
         let root = self.root(branch_id);
-        std::fs::rename(staging, &root).map_err(|e| io_error(&root, e))?;
-        self.start(branch_id)
+        if root.join("data").join("PG_VERSION").exists() {
+            Instance::open(&self.bins, &root)?.stop()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `dir` (stopped) by way of the discarded name.
+    fn discard(&self, branch_id: &str, dir: &Path) -> Result<(), NodeError> {
+        let discarded = self.discarded_root(branch_id);
+        self.clear(&discarded)?;
+        rename(dir, &discarded)?;
+        std::fs::remove_dir_all(&discarded).map_err(|e| io_error(&discarded, e))
     }
 
     /// Where the branch's postmaster puts its socket (node's layout: `<root>/socket`).
@@ -166,6 +262,10 @@ impl Instances {
             }
             return Ok(());
         }
+        if !self.root(branch_id).join("data").join("PG_VERSION").exists() {
+            // A reset was cut short between setting the old data aside and moving the new in.
+            self.take_back_previous(branch_id)?;
+        }
         let mut instance = Instance::open(&self.bins, &self.root(branch_id))?;
         start_fresh(&mut instance)?;
         self.adopt(branch_id, instance);
@@ -198,9 +298,11 @@ impl Instances {
         }
     }
 
-    /// Stops the branch's instance and deletes its files.
+    /// Stops the branch's instance and deletes its files, with any a reset set aside.
     pub fn remove(&self, branch_id: &str) -> Result<(), NodeError> {
         self.stop(branch_id)?;
+        self.clear(&self.previous_root(branch_id))?;
+        self.clear(&self.discarded_root(branch_id))?;
         let root = self.root(branch_id);
         if root.exists() {
             // An instance left running by an earlier process is stopped before its files go.
@@ -300,6 +402,22 @@ fn backoff(failures: u32) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_secs(1u64 << (failures - 1).min(6)).min(MAX_BACKOFF)
+}
+
+/// A reset's swap that did not happen, or did not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// Nothing was swapped: the branch is as it was.
+    #[error(transparent)]
+    NotSwapped(#[from] NodeError),
+    /// The new instance did not start. `restored` is `None` when the old data is back and
+    /// serving, or why putting it back failed.
+    #[error("the new instance did not start: {start}")]
+    StartFailed { start: Box<NodeError>, restored: Option<Box<NodeError>> },
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), NodeError> {
+    std::fs::rename(from, to).map_err(|e| io_error(to, e))
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> NodeError {

@@ -5,7 +5,8 @@
 //! which then starts with crash recovery); `empty` is the template with the project's
 //! database and roles; `schema` is that plus `pg_dump --schema-only` of the parent. The
 //! parent keeps serving throughout. Creating builds in the branch's own root (it is not
-//! routable until `ready`, and a retry starts over); a reset builds beside it and swaps.
+//! routable until `ready`, and a retry starts over); a reset builds beside it and swaps,
+//! keeping the old data aside until the new instance serves.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use node::schema::{self, Endpoint};
 use super::provision::set_up_database;
 use super::{JobError, blocking, superuser};
 use crate::Control;
+use crate::instances::ReplaceError;
 
 /// How often a running copy's progress is written to its job.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -89,8 +91,14 @@ pub async fn reset(control: &Control, job: &Job) -> Result<(), JobError> {
     }
     let staging = control.instances.staging_root(&work.branch.id);
     let instances = Arc::clone(&control.instances);
-    let s = staging.clone();
-    blocking(move || instances.clear(&s)).await?;
+    let (id, s) = (work.branch.id.clone(), staging.clone());
+    // An earlier attempt cut short in its swap set the branch's data aside: it comes back
+    // (and serves) before anything else happens.
+    blocking(move || {
+        instances.recover_reset(&id)?;
+        instances.clear(&s)
+    })
+    .await?;
     if let Err(e) = build_files(control, job, &work, &staging).await {
         return Err(discard(&staging, e).await);
     }
@@ -110,7 +118,28 @@ pub async fn reset(control: &Control, job: &Job) -> Result<(), JobError> {
     }
     let instances = Arc::clone(&control.instances);
     let id = work.branch.id.clone();
-    blocking(move || instances.replace(&id, &staging)).await?;
+    let swapped = match tokio::task::spawn_blocking(move || instances.replace(&id, &staging)).await {
+        Ok(swapped) => swapped,
+        Err(e) => return Err(JobError::transient(format!("instance task panicked: {e}"))),
+    };
+    match swapped {
+        Ok(()) => {}
+        Err(ReplaceError::NotSwapped(e)) => return Err(e.into()),
+        Err(ReplaceError::StartFailed { start, restored }) => {
+            let mut e = JobError::from(*start);
+            e.message = match restored {
+                None => format!(
+                    "the reset copy did not start, so the branch keeps its old data and serves it again: {}",
+                    e.message
+                ),
+                Some(r) => format!(
+                    "the reset copy did not start ({}), and putting the branch's old data back failed: {r}",
+                    e.message
+                ),
+            };
+            return Err(e);
+        }
+    }
     tracing::info!(branch_id = %work.branch.id, project_id = %work.project.id, "branch reset to its parent");
     Ok(())
 }
@@ -259,12 +288,17 @@ pub async fn after_create_failure(control: &Control, job: &Job) {
     }
 }
 
-/// A reset that failed for good leaves the branch as it was; only its staging files go.
+/// A reset that failed for good leaves the branch as it was (data it set aside is put back
+/// and served); only its staging files go.
 pub async fn after_reset_failure(control: &Control, job: &Job) {
     let Some(branch_id) = job.cluster_id.clone() else { return };
     let instances = Arc::clone(&control.instances);
     let id = branch_id.clone();
-    if let Err(e) = blocking(move || instances.clear(&instances.staging_root(&id))).await {
+    let cleaned = blocking(move || {
+        instances.recover_reset(&id)?;
+        instances.clear(&instances.staging_root(&id))
+    });
+    if let Err(e) = cleaned.await {
         tracing::error!(branch_id, error = %e.message, "could not remove a failed reset's files");
     }
 }
