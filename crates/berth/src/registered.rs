@@ -204,3 +204,15 @@ impl UpstreamProbe for Probe {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The API shows the pool a registration runs with: its defaults are the proxy's.
+    #[test]
+    fn the_apis_pool_defaults_are_the_proxys() {
+        let proxy = proxy::PoolConfig::default();
+        assert_eq!(control::api::DEFAULT_POOL_SIZE, proxy.pool_size);
+        assert_eq!(control::api::DEFAULT_MIN_POOL_SIZE, proxy.min_pool_size);
+        assert_eq!(proxy.pool_mode, proxy::PoolMode::Transaction);
+    }
+}

@@ -116,6 +116,10 @@ async fn a_registered_upstream_serves_its_own_roles_through_the_proxy() {
         (db["pool_config"]["pool_size"].clone(), db["pool_config"]["max_active"].clone()),
         (3.into(), 50.into())
     );
+    // Every pool field with the value in force, and a region, as PgBeam answers.
+    assert_eq!(db["pool_config"]["min_pool_size"], 0, "{db}");
+    assert_eq!(db["pool_config"]["pool_mode"], "transaction", "{db}");
+    assert_eq!(db["pool_region"], "local", "{db}");
     let conn = db["connection_string"].as_str().expect("connection_string");
     assert!(conn.contains(&format!(":{}/{id}", ports.pooled)), "{conn}");
 

@@ -150,6 +150,13 @@ async fn connection_strings_come_in_both_shapes_with_credentials() {
     let pooled_uri = pooled["connectionUri"].as_str().unwrap();
     assert!(pooled_uri.contains("@localhost:6432/shop?"), "{pooled_uri}");
     assert_eq!(pooled["pooled"], true);
+    // case.dev's SDKs send pooled=1 and pooled=True.
+    for (q, want) in [("1", true), ("True", true), ("0", false), ("False", false), ("TRUE", true)] {
+        let (status, c) = h.get(&format!("/database/v1/projects/shop/connection?pooled={q}")).await;
+        assert_eq!(status, StatusCode::OK, "pooled={q}: {c}");
+        assert_eq!(c["pooled"], want, "pooled={q}");
+        assert_eq!(c["connectionUri"].as_str().unwrap().contains(":6432/"), want, "pooled={q}");
+    }
     let (_, both) = h.get("/v1/projects/shop/connections").await;
     assert_eq!(both["connections"]["direct_url"], uri);
     assert_eq!(both["connections"]["pooled_url"], pooled_uri);
@@ -169,9 +176,14 @@ async fn openapi_document_is_served_without_a_key() {
     let (status, doc) = h.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
-    for path in
-        ["/v1/projects", "/v1/projects/{id}", "/v1/projects/{id}/connection", "/v1/jobs/{id}", "/v1/keys"]
-    {
+    for path in [
+        "/v1/projects",
+        "/v1/projects/{id}",
+        "/v1/projects/{id}/connection",
+        "/database/v1/projects/{id}/connection",
+        "/v1/jobs/{id}",
+        "/v1/keys",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     assert!(doc["components"]["schemas"]["JobView"]["properties"]["preview_database_id"].is_object());

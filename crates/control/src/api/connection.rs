@@ -23,8 +23,21 @@ use crate::names::owner_role;
 pub struct ConnectionQuery {
     /// Branch id or name; the default branch `main` when absent.
     pub branch: Option<String>,
-    /// The pooled port (true) or the direct one (false, the default).
+    /// The pooled port (true) or the direct one (false, the default). Also `1`/`0` and
+    /// `True`/`False`, as case.dev's SDKs send it.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    #[param(value_type = Option<bool>)]
     pub pooled: Option<bool>,
+}
+
+/// A query-string boolean as SDKs write it: `true`/`false` in any case, `1`/`0`, `yes`/`no`.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(Some(true)),
+        "false" | "0" | "no" | "off" => Ok(Some(false)),
+        _ => Err(serde::de::Error::custom(format!("pooled must be true or false, not {s:?}"))),
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -121,6 +134,20 @@ pub async fn connection(
     let (creds, branch) = credentials(&control, &caller, &id, q.branch.as_deref()).await?;
     let pooled = q.pooled.unwrap_or(false);
     Ok(Json(Connection { connection_uri: uri(&control, &creds, pooled), branch, pooled }))
+}
+
+/// The same under `/database/v1`, the path some clients call.
+#[utoipa::path(get, path = "/database/v1/projects/{id}/connection", tag = "connections",
+    params(("id" = String, Path, description = "Project id or name"), ConnectionQuery),
+    responses((status = 200, body = Connection), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = ["credentials:read"])))]
+pub async fn connection_alias(
+    control: State<Arc<Control>>,
+    caller: Caller,
+    id: Path<String>,
+    q: Result<Query<ConnectionQuery>, QueryRejection>,
+) -> Result<Json<Connection>, ApiError> {
+    connection(control, caller, id, q).await
 }
 
 /// `?branch=` (default `main`).

@@ -164,6 +164,26 @@ pub struct DatabaseList {
     pub next_cursor: Option<String>,
 }
 
+/// What a registration's pool runs with when `pool_config` leaves a field out: the proxy's
+/// defaults (`proxy::PoolConfig::default()`; `berth`'s tests check the two agree).
+pub const DEFAULT_POOL_SIZE: u32 = 20;
+pub const DEFAULT_MIN_POOL_SIZE: u32 = 0;
+/// `pool_region` of a registration that named none: Berth serves every database from where
+/// it runs.
+pub const LOCAL_REGION: &str = "local";
+
+/// Every field of `pool_config` with the value in force (`max_active` null: no limit), as
+/// PgBeam answers, instead of only those the registration gave.
+fn pool_in_force(stored: &serde_json::Value) -> serde_json::Value {
+    let given: DatabasePoolConfig = serde_json::from_value(stored.clone()).unwrap_or_default();
+    serde_json::json!({
+        "pool_size": given.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
+        "min_pool_size": given.min_pool_size.unwrap_or(DEFAULT_MIN_POOL_SIZE),
+        "pool_mode": given.pool_mode.unwrap_or(crate::views::PoolMode::Transaction),
+        "max_active": given.max_active,
+    })
+}
+
 fn view(control: &Control, d: RegisteredDatabase) -> DatabaseView {
     let e = &control.endpoints;
     let connection_string = format!(
@@ -182,9 +202,9 @@ fn view(control: &Control, d: RegisteredDatabase) -> DatabaseView {
         username: d.username,
         ssl_mode: d.ssl_mode,
         role: d.role,
-        pool_region: d.pool_region,
+        pool_region: if d.pool_region.is_empty() { LOCAL_REGION.to_owned() } else { d.pool_region },
         cache_config: d.cache_config,
-        pool_config: d.pool_config,
+        pool_config: pool_in_force(&d.pool_config),
         connection_string,
         created_at: d.created_at,
         updated_at: d.updated_at,

@@ -28,7 +28,10 @@ use utoipa::IntoParams;
 use crate::Control;
 use crate::error::ApiError;
 
-pub use databases::{DatabasePoolConfig, ProbeError, SSL_MODES, Upstream, UpstreamProbe};
+pub use databases::{
+    DEFAULT_MIN_POOL_SIZE, DEFAULT_POOL_SIZE, DatabasePoolConfig, ProbeError, SSL_MODES, Upstream,
+    UpstreamProbe,
+};
 pub use openapi::ApiDoc;
 
 pub fn router(control: Arc<Control>) -> Router {
@@ -48,7 +51,7 @@ pub fn router(control: Arc<Control>) -> Router {
             get(databases::get).patch(databases::update).delete(databases::delete),
         )
         .route("/v1/projects/{id}/connection", get(connection::connection))
-        .route("/database/v1/projects/{id}/connection", get(connection::connection))
+        .route("/database/v1/projects/{id}/connection", get(connection::connection_alias))
         .route("/v1/projects/{id}/connections", get(connection::connections))
         .route("/v1/projects/{id}/credentials/rotate", axum::routing::post(credentials::rotate))
         .route("/v1/jobs", get(jobs::list))

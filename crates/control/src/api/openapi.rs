@@ -30,6 +30,7 @@ use utoipa::{Modify, OpenApi};
         super::databases::update,
         super::databases::delete,
         super::connection::connection,
+        super::connection::connection_alias,
         super::connection::connections,
         super::credentials::rotate,
         super::jobs::get,
