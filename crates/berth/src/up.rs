@@ -2,8 +2,8 @@
 //! instance under the data directory, or `--catalog-url`), the HTTP API, the job worker, the
 //! supervision of every project's instance, and the proxy on the pooled and direct ports
 //! with routes that follow the catalog. First start makes the organization, the master key,
-//! the local CA and the admin API key; later starts reuse them and start every project's
-//! instance again. SIGTERM or SIGINT stops it all cleanly.
+//! the fake SCRAM salt key, the local CA and the admin API key; later starts reuse them and
+//! start every project's instance again. SIGTERM or SIGINT stops it all cleanly.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,7 +104,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     });
     let routes = crate::route_sync::snapshot(&catalog, &instances, &control.master_key, &policy).await?;
     let _ = control.upstream_probe.set(Arc::new(crate::registered::Probe::new(Arc::clone(&policy))));
-    let proxy = Proxy::new(ProxySettings::default(), routes, Some(ca.server()?));
+    // Kept with the other keys, so a restart shows an unknown user the same fake salt.
+    let fake_scram_key = proxy::FakeScramKey::load_or_create(&dir.join("scram-fake.key"))
+        .context("loading the fake SCRAM salt key")?;
+    let settings = ProxySettings { fake_scram_key, ..ProxySettings::default() };
+    let proxy = Proxy::new(settings, routes, Some(ca.server()?));
     proxy.set_api_keys(Arc::new(crate::key_check::CatalogKeys { catalog: catalog.clone() }));
     let _ = control.route_refresh.set(Arc::new(crate::route_sync::Refresh {
         catalog: catalog.clone(),

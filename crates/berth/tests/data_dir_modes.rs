@@ -47,7 +47,7 @@ fn up_leaves_nothing_under_its_data_directory_open_to_others() {
         logs.iter().any(|l| std::fs::read_to_string(l).unwrap_or_default().contains("tenant_marker_5e1")),
         "no instance log holds the failed statement: {logs:?}"
     );
-    for private in ["admin.key", "master.key", "api.url"] {
+    for private in ["admin.key", "master.key", "scram-fake.key", "api.url"] {
         let mode = std::fs::metadata(data.path().join(private)).expect(private).permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{private}");
     }

@@ -1,6 +1,9 @@
 //! SCRAM-SHA-256 with the client, terminated at the proxy. An unknown database, an unknown
 //! role and a wrong password run the same exchange (a fake verifier for the first two) and
-//! fail with the same `28P01`, so names cannot be probed. Channel binding (PLUS) is offered
+//! fail with the same `28P01`, so names cannot be probed: the fake verifier's salt is as
+//! stable per user and database as a real one, and says nothing across databases or
+//! restarts (`fake_scram_key`). No PBKDF2 runs here: verifiers are stored, and the client
+//! pays for the iteration count. Channel binding (PLUS) is offered
 //! on TLS connections whose certificate has a defined `tls-server-end-point` hash.
 
 use bytes::BytesMut;
@@ -29,18 +32,21 @@ impl std::fmt::Debug for Authenticated {
     }
 }
 
-/// Runs the exchange. `verifiers` is `None` when the database or role is unknown.
+/// Runs the exchange for `user` on `database`. `verifiers` is `None` when the database does
+/// not route the user (or does not exist): the fake verifier's salt is then keyed by `fake_key`
+/// and derived from both names, so it is stable for the pair and unrelated across databases.
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     user: &str,
+    database: &str,
     verifiers: Option<Vec<ScramVerifier>>,
     channel_binding: ChannelBinding,
-    fake_secret: &[u8],
+    fake_key: &crate::FakeScramKey,
 ) -> Result<Authenticated, SessionError> {
     let known = verifiers.is_some();
     let mut server = verifiers
         .and_then(|v| ScramServer::with_verifiers(v, channel_binding.clone()))
-        .unwrap_or_else(|| ScramServer::fake(user, fake_secret, channel_binding));
+        .unwrap_or_else(|| ScramServer::fake(user, database, fake_key.expose(), channel_binding));
     let mut out = BytesMut::new();
     BackendMessage::Authentication(Authentication::Sasl { mechanisms: server.mechanisms() }).encode(&mut out);
     stream.write_all(&out).await?;

@@ -63,6 +63,10 @@ pub struct ProxySection {
     pub connect_timeout: Seconds,
     pub max_message_size: ByteSize,
     pub max_client_connections: usize,
+    /// A file holding the key of the fake SCRAM salts shown for unknown users, created
+    /// (0600) when missing. Without it each start picks a random key, and an unknown user's
+    /// salt then changes at a restart while a real user's does not: set it in production.
+    pub fake_scram_key_file: Option<PathBuf>,
 }
 
 impl Default for ProxySection {
@@ -81,6 +85,7 @@ impl Default for ProxySection {
             connect_timeout: Seconds(Duration::from_secs(5)),
             max_message_size: ByteSize(256 << 20),
             max_client_connections: 10_000,
+            fake_scram_key_file: None,
         }
     }
 }
@@ -124,6 +129,10 @@ impl ConfigFile {
     /// The proxy's settings, admin logins included (passwords become verifiers here).
     pub fn settings(&self) -> Result<crate::ProxySettings, ConfigError> {
         let mut settings = crate::ProxySettings::from(&self.proxy);
+        if let Some(path) = &self.proxy.fake_scram_key_file {
+            settings.fake_scram_key = crate::FakeScramKey::load_or_create(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        }
         for (name, user) in &self.admin.users {
             let err = |m: &str| ConfigError::Database {
                 database: crate::admin::ADMIN_DATABASE.into(),
@@ -160,5 +169,24 @@ impl ConfigFile {
                 .unwrap_or_default();
             format!("{}{at}", e.message())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fake_scram_key_file_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scram-fake.key");
+        let text = format!("[proxy]\nfake_scram_key_file = {:?}\n", path.display().to_string());
+        let first = ConfigFile::parse(&text).unwrap().settings().unwrap();
+        assert!(path.exists());
+        let again = ConfigFile::parse(&text).unwrap().settings().unwrap();
+        assert_eq!(first.fake_scram_key, again.fake_scram_key);
+        // Without the option, a key of the process's own.
+        let plain = ConfigFile::parse("").unwrap().settings().unwrap();
+        assert_ne!(plain.fake_scram_key, first.fake_scram_key);
     }
 }

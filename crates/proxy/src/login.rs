@@ -129,7 +129,10 @@ where
     }
     if db_name == crate::admin::ADMIN_DATABASE {
         let verifiers = shared.settings.admin_users.get(&user).cloned();
-        if let Err(e) = authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
+        if let Err(e) =
+            authenticate(&mut client, &user, &db_name, verifiers, binding, &shared.settings.fake_scram_key)
+                .await
+        {
             return Err(send_error(&mut client, e).await);
         }
         return Ok(Some(Login::Admin { client, user }));
@@ -156,16 +159,19 @@ where
         }
         _ => listed,
     };
-    let keys = match authenticate(&mut client, &user, verifiers, binding, &shared.fake_secret).await {
-        Ok(k) => k,
-        Err(e) => {
-            if looked_up {
-                // The password may have changed upstream: fetch the verifier again next time.
-                shared.verifiers.forget(&db_name, &user);
+    let keys =
+        match authenticate(&mut client, &user, &db_name, verifiers, binding, &shared.settings.fake_scram_key)
+            .await
+        {
+            Ok(k) => k,
+            Err(e) => {
+                if looked_up {
+                    // The password may have changed upstream: fetch the verifier again next time.
+                    shared.verifiers.forget(&db_name, &user);
+                }
+                return Err(send_error(&mut client, e).await);
             }
-            return Err(send_error(&mut client, e).await);
-        }
-    };
+        };
     let db = db.expect("authentication succeeds only for a known database");
     session_login(client, startup, db, user, Some(keys), shared).await
 }

@@ -24,8 +24,12 @@ pub struct ErrorCounts {
 }
 
 impl ErrorCounts {
+    /// Counts one error by its SQLSTATE's class. Servers choose their codes, so anything
+    /// that is not a SQLSTATE counts as `??`: an upstream cannot grow the label set.
     pub fn count(&self, code: Option<&str>) {
-        let class = code.and_then(|c| c.get(..2)).unwrap_or("??").to_owned();
+        let class = code
+            .and_then(wire::SqlState::from_code)
+            .map_or_else(|| "??".to_owned(), |c| c.class().to_owned());
         *self.by_class.lock().expect("error counts poisoned").entry(class).or_default() += 1;
     }
 
@@ -224,5 +228,18 @@ pub async fn serve_http(listener: TcpListener, proxy: Proxy) {
             let _ = stream.write_all(head.as_bytes()).await;
             let _ = stream.write_all(body.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_sqlstates_make_error_classes() {
+        let counts = super::ErrorCounts::default();
+        for code in [Some("57P01"), Some("57014"), Some("\u{e9}!"), Some("x"), Some("08P01x"), None] {
+            counts.count(code);
+        }
+        let expected = [("57".to_owned(), 2), ("??".to_owned(), 4)].into_iter().collect();
+        assert_eq!(counts.snapshot(), expected);
     }
 }

@@ -1,19 +1,21 @@
 //! The frame-level relay of an established session. Each direction reads into a reused
 //! buffer, walks frame headers, and forwards every complete or partial frame as it arrives
-//! (a 1 GB DataRow streams; it is never buffered whole). Only ReadyForQuery, and an
-//! ErrorResponse the proxy must reword, are looked at in full. The server-to-client
+//! (a 1 GB DataRow streams; it is never buffered whole). Only ReadyForQuery and
+//! ErrorResponses of bounded size are looked at in full (`server_frames`); a server message
+//! that breaks those rules ends the session with 08P01. The server-to-client
 //! direction owns the client's write half, so the proxy's own errors are only ever written
 //! between frames.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use wire::backend::{TransactionStatus, tag as backend};
+use wire::backend::tag as backend;
 use wire::frame::{HEADER_LEN, peek_header};
 use wire::frontend::{ends_round_trip, tag as frontend};
 use wire::{ErrorResponse, SqlState, WireError};
 
 use crate::activity::{Activity, CancelReason};
+use crate::server_frames::{Handling, Invalid, handling, protocol_violation, ready_status};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -142,6 +144,23 @@ fn framing_error(e: WireError) -> ErrorResponse {
     }
 }
 
+/// The server broke the protocol at a frame boundary: what came before it (whole frames)
+/// goes to the client, then the 08P01 that ends the session.
+async fn server_broke<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    before: &[u8],
+    what: Invalid,
+    errors: &crate::metrics::ErrorCounts,
+) -> ServerEnd {
+    let e = protocol_violation(&what);
+    errors.count(e.get(b'C'));
+    if write_flush(wr, before).await.is_ok() {
+        let _ = write_flush(wr, &e.to_error_message()).await;
+    }
+    let _ = wr.shutdown().await;
+    ServerEnd::Protocol(what.to_string())
+}
+
 async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, data: &[u8]) -> std::io::Result<()> {
     wr.write_all(data).await?;
     wr.flush().await
@@ -197,10 +216,13 @@ where
                 remaining -= take;
                 continue;
             }
-            let (tag, len) = match peek_header(&buf[pos..], usize::MAX) {
+            let header = peek_header(&buf[pos..], usize::MAX)
+                .map_err(Invalid::from)
+                .and_then(|h| h.map(|(tag, len)| Ok((tag, len, handling(tag, len)?))).transpose());
+            let (tag, len, handling) = match header {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
-                Err(e) => return ServerEnd::Protocol(e.to_string()),
+                Err(what) => return server_broke(&mut wr, &buf[..pos], what, errors).await,
             };
             let whole = buf.len() - pos >= HEADER_LEN + len;
             match tag {
@@ -208,12 +230,14 @@ where
                     if !whole {
                         break;
                     }
-                    let status = TransactionStatus::from_byte(buf[pos + HEADER_LEN])
-                        .unwrap_or(TransactionStatus::Idle);
+                    let status = match ready_status(&buf[pos + HEADER_LEN..pos + HEADER_LEN + len]) {
+                        Ok(status) => status,
+                        Err(what) => return server_broke(&mut wr, &buf[..pos], what, errors).await,
+                    };
                     activity.ready(status);
                     pos += HEADER_LEN + len;
                 }
-                backend::ERROR_RESPONSE => {
+                backend::ERROR_RESPONSE if handling == Handling::Whole => {
                     // Errors are small: look at each whole, to count it by class and, after
                     // a cancel the proxy sent, to say which limit fired.
                     if !whole {
@@ -241,6 +265,11 @@ where
                 }
                 tag => {
                     match tag {
+                        // Too large to look at: counted, and ends the statement, all the same.
+                        backend::ERROR_RESPONSE => {
+                            errors.count(None);
+                            activity.execute_done(true);
+                        }
                         backend::COPY_IN_RESPONSE => activity.copy_in_started(),
                         backend::COMMAND_COMPLETE
                         | backend::EMPTY_QUERY_RESPONSE

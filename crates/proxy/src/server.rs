@@ -51,6 +51,10 @@ pub struct ProxySettings {
     pub max_client_connections: usize,
     /// Logins to the admin console (database `berth`): user name → valid verifiers.
     pub admin_users: std::collections::HashMap<String, Vec<wire::scram::ScramVerifier>>,
+    /// Keys the fake SCRAM salts shown for users a database does not route. The default is
+    /// random per process; whoever runs the proxy for good keeps one across restarts
+    /// (`FakeScramKey::load_or_create`), or a restart tells fake salts from real ones.
+    pub fake_scram_key: crate::FakeScramKey,
 }
 
 impl Default for ProxySettings {
@@ -69,6 +73,7 @@ impl From<&ProxySection> for ProxySettings {
             max_message_size: s.max_message_size.0,
             max_client_connections: s.max_client_connections,
             admin_users: Default::default(),
+            fake_scram_key: crate::FakeScramKey::random(),
         }
     }
 }
@@ -79,8 +84,6 @@ pub(crate) struct Shared {
     pub tls: Option<TlsServer>,
     pub cancels: Arc<CancelRegistry>,
     pub counts: ConnectionCounts,
-    /// Keys the fake SCRAM salts of unknown users; random per process.
-    pub fake_secret: [u8; 32],
     pub shutdown: CancellationToken,
     pub pools: crate::pool::Pools,
     pub clients: Arc<crate::clients::ClientRegistry>,
@@ -130,7 +133,6 @@ impl Proxy {
                 tls,
                 cancels: Arc::default(),
                 counts: ConnectionCounts::default(),
-                fake_secret: rand::random(),
                 shutdown: CancellationToken::new(),
                 pools: crate::pool::Pools::default(),
                 clients: Arc::default(),

@@ -5,7 +5,10 @@
 //! error the upstream reports during startup reaches the client unchanged. What an
 //! upstream's [`UpstreamTrust`] demands is checked here, at every login: a registered
 //! upstream must ask for the password (and, with SCRAM, prove it knows it), only public
-//! addresses when the operator says so, and no superuser session on a tenant's behalf.
+//! addresses when the operator says so, and no superuser session on a tenant's behalf. The
+//! upstream's messages are bounded (each, and all of startup together), its ReadyForQuery
+//! must be one known status byte, and the PBKDF2 cost it asks for is capped and paid off
+//! the runtime's threads.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -15,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use wire::backend::{Authentication, BackendMessage, TransactionStatus, tag};
 use wire::frontend::{SaslInitialResponse, encode_password_message};
-use wire::scram::{ChannelBinding, ScramClient};
+use wire::scram::{ChannelBinding, DerivedKeys, KeyDerivation, ScramClient};
 use wire::{ErrorResponse, Frame, ProtocolVersion, SqlState, StartupMessage, StartupPacket, parse_frame};
 
 use crate::auth::Authenticated;
@@ -25,6 +28,10 @@ use crate::stream::UpstreamStream;
 
 /// Startup-phase messages from a server are small; this bounds a confused upstream.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
+
+/// The ParameterStatus and NoticeResponse frames of one login together, kept to be replayed
+/// to the client: PostgreSQL sends about a kilobyte of them.
+const MAX_STARTUP_FRAMES: usize = 1 << 20;
 
 pub struct UpstreamSession {
     pub stream: UpstreamStream,
@@ -308,6 +315,12 @@ pub async fn login(
     };
     loop {
         let step = if authenticated { Step::Startup } else { Step::Authentication };
+        if startup_frames.len() > MAX_STARTUP_FRAMES {
+            return Err(broken(
+                step,
+                format!("upstream sent more than {MAX_STARTUP_FRAMES} bytes of startup messages"),
+            ));
+        }
         let frame = read_frame(&mut stream, &mut buf).await.map_err(|e| broken(step, e))?;
         match frame.tag {
             tag::AUTHENTICATION => {
@@ -332,6 +345,7 @@ pub async fn login(
                         | Authentication::SaslFinal(_)
                 );
                 answer_auth(auth, role, keys, &mut scram, &mut out)
+                    .await
                     .map_err(|e| login_failed("the SCRAM exchange failed", e))?;
                 if !out.is_empty() {
                     stream.write_all(&out).await.map_err(|e| {
@@ -368,12 +382,8 @@ pub async fn login(
                 }
             }
             tag::READY_FOR_QUERY => {
-                let status = frame
-                    .body
-                    .first()
-                    .copied()
-                    .and_then(TransactionStatus::from_byte)
-                    .unwrap_or(TransactionStatus::Idle);
+                let status = crate::server_frames::ready_status(&frame.body)
+                    .map_err(|e| broken(Step::Startup, e.to_string()))?;
                 let (pid, secret) =
                     key.ok_or_else(|| broken(Step::Startup, "upstream sent no BackendKeyData".into()))?;
                 return Ok(UpstreamSession { stream, pid, secret, startup_frames, status });
@@ -410,7 +420,7 @@ pub async fn login(
     }
 }
 
-fn answer_auth(
+async fn answer_auth(
     auth: Authentication,
     role: &Role,
     keys: Option<&Authenticated>,
@@ -460,7 +470,9 @@ fn answer_auth(
         }
         Authentication::SaslContinue(data) => {
             let client = scram.as_mut().ok_or("SASLContinue before SASL")?;
-            let reply = client.handle_server_first(&data).map_err(|e| e.to_string())?;
+            let derivation = client.key_derivation(&data).map_err(|e| e.to_string())?;
+            let keys = derive_keys(derivation).await?;
+            let reply = client.client_final(keys).map_err(|e| e.to_string())?;
             out.put_u8(b'p');
             out.put_i32(reply.len() as i32 + 4);
             out.put_slice(reply.as_bytes());
@@ -471,6 +483,22 @@ fn answer_auth(
         }
     }
     Ok(())
+}
+
+/// PBKDF2 at the cost the upstream chose (capped by `wire::scram::MAX_ITERATIONS`) runs on
+/// the blocking pool: on a runtime thread, every session sharing that thread would wait for
+/// each login to a slow-hashing upstream.
+async fn derive_keys(derivation: KeyDerivation) -> Result<DerivedKeys, String> {
+    let iterations = derivation.iterations();
+    if iterations == 0 {
+        return Ok(derivation.run());
+    }
+    tokio::task::spawn_blocking(move || {
+        tracing::debug!(scram_iterations = iterations, "deriving the SCRAM keys of an upstream login");
+        derivation.run()
+    })
+    .await
+    .map_err(|e| format!("the SCRAM key derivation did not finish: {e}"))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -59,6 +59,18 @@ impl FrameReader {
         }
     }
 
+    /// Reads once more into the buffer, whatever arrives (part of a frame, say); 0 at end
+    /// of stream. With [`buffered`](Self::buffered), for tests that must see bytes of a
+    /// frame before the rest of it was sent.
+    pub async fn read_more(&mut self) -> anyhow::Result<usize> {
+        Ok(self.rd.read_buf(&mut self.buf).await?)
+    }
+
+    /// What has been read and not yet returned as a frame.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Frames up to and including the next ReadyForQuery; the error if one arrives. A FATAL
     /// error followed by the end of the connection is returned as that error.
     pub async fn until_ready(&mut self) -> anyhow::Result<(Vec<Frame>, Option<ErrorResponse>)> {

@@ -367,6 +367,7 @@ impl Pool {
             created: now,
             last_used: now,
             generation,
+            broken: false,
             _slot: Slot {
                 release: Some(Box::new(move || {
                     // Out of SHOW SERVERS before the slot is free for another.
@@ -380,12 +381,12 @@ impl Pool {
     }
 
     /// Returns a clean, idle server: to the longest waiting client, or to the idle list;
-    /// closes it when the pool is paused or closed, it belongs to a retired upstream, or the
-    /// pool shrank.
+    /// closes it when it broke the protocol, the pool is paused or closed, it belongs to a
+    /// retired upstream, or the pool shrank.
     pub fn checkin(&self, mut server: ServerConn) {
         server.last_used = Instant::now();
         server.shrink();
-        if server.generation != self.generation.load(Ordering::Acquire) {
+        if server.broken || server.generation != self.generation.load(Ordering::Acquire) {
             return;
         }
         // A waiter handed it marks it active again.

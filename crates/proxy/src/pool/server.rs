@@ -39,6 +39,8 @@ pub struct ServerConn {
     pub created: Instant,
     pub last_used: Instant,
     pub generation: u64,
+    /// It broke the protocol: whatever it holds, it is closed when given back.
+    pub broken: bool,
     pub(super) _slot: Slot,
 }
 

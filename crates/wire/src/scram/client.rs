@@ -1,5 +1,7 @@
 //! The client side of a SCRAM exchange, used by the proxy to log in to upstreams that ask
-//! for a password.
+//! for a password. The server chooses the PBKDF2 cost, so its one expensive step, the salted
+//! password, can be taken out of the exchange ([`ScramClient::key_derivation`]) and run where
+//! blocking is fine; the iteration count is capped before any of it runs.
 
 use subtle::ConstantTimeEq;
 
@@ -7,8 +9,11 @@ use super::attrs::{self, b64, expect, to_b64};
 use super::crypto::{self, Key};
 use super::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError};
 
-/// The most PBKDF2 iterations a server may ask of the proxy.
-pub const MAX_ITERATIONS: u32 = 1_000_000;
+/// The most PBKDF2 iterations a server may ask of the proxy. The upstream chooses the count
+/// and the proxy pays for it at every login it makes there: PostgreSQL's default is 4096, and
+/// this allows 25 times that for operators who raised `scram_iterations`, at some tens of
+/// milliseconds of one core per login, while a million (the earlier limit) cost a second.
+pub const MAX_ITERATIONS: u32 = 100_000;
 
 /// What the client proves: a password, or the keys recovered from another exchange.
 enum Secret {
@@ -28,8 +33,73 @@ pub struct ScramClient {
 
 enum State {
     Initial,
-    SentFinal { server_signature: Key },
+    /// The server-first message was accepted; its keys are being derived.
+    Deriving {
+        without_proof: String,
+        auth_message: String,
+    },
+    SentFinal {
+        server_signature: Key,
+    },
     Done,
+}
+
+/// The salted-password computation a server-first message asks for, owned so that it can
+/// run on another thread: `Send + 'static`, and its `Debug` shows no secret.
+pub struct KeyDerivation(Derivation);
+
+enum Derivation {
+    Pbkdf2 {
+        password: Vec<u8>,
+        salt: Vec<u8>,
+        iterations: u32,
+    },
+    /// Pass-through keys: nothing to compute.
+    Known(DerivedKeys),
+}
+
+/// ClientKey and ServerKey, from a [`KeyDerivation`].
+#[derive(Clone)]
+pub struct DerivedKeys {
+    client_key: Key,
+    server_key: Key,
+}
+
+impl KeyDerivation {
+    /// The PBKDF2 iterations this costs; 0 when the keys are already known.
+    pub fn iterations(&self) -> u32 {
+        match &self.0 {
+            Derivation::Pbkdf2 { iterations, .. } => *iterations,
+            Derivation::Known(_) => 0,
+        }
+    }
+
+    /// Runs PBKDF2 (at most [`MAX_ITERATIONS`]); CPU-bound, so not on an async runtime's
+    /// threads when `iterations()` is more than trivial.
+    pub fn run(self) -> DerivedKeys {
+        match self.0 {
+            Derivation::Pbkdf2 { password, salt, iterations } => {
+                let salted = crypto::salted_password(&password, &salt, iterations);
+                DerivedKeys {
+                    client_key: crypto::hmac(&salted, &[b"Client Key"]),
+                    server_key: crypto::hmac(&salted, &[b"Server Key"]),
+                }
+            }
+            Derivation::Known(keys) => keys,
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyDerivation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyDerivation(*** x{})", self.iterations())
+    }
+}
+
+impl std::fmt::Debug for DerivedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DerivedKeys(***)")
+    }
 }
 
 impl std::fmt::Debug for ScramClient {
@@ -88,8 +158,18 @@ impl ScramClient {
         format!("{}{}", self.gs2_header, self.client_first_bare)
     }
 
-    /// Handles AuthenticationSASLContinue and returns the client-final-message.
+    /// Handles AuthenticationSASLContinue and returns the client-final-message, deriving the
+    /// keys in place: [`key_derivation`](Self::key_derivation) and
+    /// [`client_final`](Self::client_final) in one call, for callers that may block.
     pub fn handle_server_first(&mut self, data: &[u8]) -> Result<String, ScramError> {
+        let derivation = self.key_derivation(data)?;
+        self.client_final(derivation.run())
+    }
+
+    /// Checks AuthenticationSASLContinue's server-first message (nonce, salt, an iteration
+    /// count of at most [`MAX_ITERATIONS`]) and returns the key derivation it asks for. Pass
+    /// its result to [`client_final`](Self::client_final).
+    pub fn key_derivation(&mut self, data: &[u8]) -> Result<KeyDerivation, ScramError> {
         if !matches!(self.state, State::Initial) {
             return Err(ScramError::OutOfOrder);
         }
@@ -104,22 +184,30 @@ impl ScramClient {
         if !attrs::valid_nonce(nonce) || iterations == 0 {
             return Err(ScramError::Malformed);
         }
-        // PostgreSQL's default is 4096; a server asking for millions would keep a core busy
-        // for seconds per login.
         if iterations > MAX_ITERATIONS {
             return Err(ScramError::TooManyIterations(iterations));
         }
-        let (client_key, server_key) = match &self.secret {
-            Secret::Password(pw) => {
-                let salted = crypto::salted_password(pw, &salt, iterations);
-                (crypto::hmac(&salted, &[b"Client Key"]), crypto::hmac(&salted, &[b"Server Key"]))
+        let derivation = match &self.secret {
+            Secret::Password(pw) => Derivation::Pbkdf2 { password: pw.clone(), salt, iterations },
+            Secret::Keys { client_key, server_key } => {
+                Derivation::Known(DerivedKeys { client_key: *client_key, server_key: *server_key })
             }
-            Secret::Keys { client_key, server_key } => (*client_key, *server_key),
         };
         let mut cbind = self.gs2_header.as_bytes().to_vec();
         cbind.extend_from_slice(&self.cbind_input);
         let without_proof = format!("c={},r={nonce}", to_b64(&cbind));
         let auth_message = format!("{},{msg},{without_proof}", self.client_first_bare);
+        self.state = State::Deriving { without_proof, auth_message };
+        Ok(KeyDerivation(derivation))
+    }
+
+    /// The client-final-message, from the keys the server-first message's derivation gave.
+    pub fn client_final(&mut self, keys: DerivedKeys) -> Result<String, ScramError> {
+        let State::Deriving { without_proof, auth_message } = std::mem::replace(&mut self.state, State::Done)
+        else {
+            return Err(ScramError::OutOfOrder);
+        };
+        let DerivedKeys { client_key, server_key } = keys;
         let stored_key = crypto::sha256(&client_key);
         let signature = crypto::hmac(&stored_key, &[auth_message.as_bytes()]);
         let proof = crypto::xor(&client_key, &signature);
@@ -216,7 +304,7 @@ mod tests {
 
     #[test]
     fn fake_server_always_fails_with_invalid_proof() {
-        let mut server = ScramServer::fake("nobody", b"key", ChannelBinding::None);
+        let mut server = ScramServer::fake("nobody", "db", b"key", ChannelBinding::None);
         let mut client = ScramClient::new("anything", ChannelBinding::None, &server.mechanisms()).unwrap();
         let first = server.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap();
         let fin = client.handle_server_first(first.as_bytes()).unwrap();
@@ -277,6 +365,33 @@ mod tests {
             client.handle_server_first(first.as_bytes()),
             Err(ScramError::TooManyIterations(MAX_ITERATIONS + 1))
         );
+    }
+
+    #[test]
+    fn the_derivation_can_run_elsewhere_and_is_capped_before_it_runs() {
+        let mut server = ScramServer::new(ScramVerifier::derive("pw", b"salt", 5000), ChannelBinding::None);
+        let mut client = ScramClient::new("pw", ChannelBinding::None, &server.mechanisms()).unwrap();
+        let first = server.handle_client_first(client.mechanism(), client.client_first().as_bytes()).unwrap();
+        let derivation = client.key_derivation(first.as_bytes()).unwrap();
+        assert_eq!(derivation.iterations(), 5000);
+        assert_eq!(format!("{derivation:?}"), "KeyDerivation(*** x5000)");
+        let keys = std::thread::spawn(move || derivation.run()).join().unwrap();
+        let fin = client.client_final(keys).unwrap();
+        let done = server.handle_client_final(fin.as_bytes()).unwrap();
+        client.handle_server_final(done.as_bytes()).unwrap();
+
+        // At the cap, a derivation; above it, none, and the exchange is over.
+        let nonce_of = |c: &ScramClient| c.client_first()["n,,n=,r=".len()..].to_owned();
+        let mut client = ScramClient::new("pw", ChannelBinding::None, &["SCRAM-SHA-256".to_owned()]).unwrap();
+        let at_cap = format!("r={}xyz,s=c2FsdA==,i={MAX_ITERATIONS}", nonce_of(&client));
+        assert_eq!(client.key_derivation(at_cap.as_bytes()).unwrap().iterations(), MAX_ITERATIONS);
+        let mut client = ScramClient::new("pw", ChannelBinding::None, &["SCRAM-SHA-256".to_owned()]).unwrap();
+        let above = format!("r={}xyz,s=c2FsdA==,i={}", nonce_of(&client), MAX_ITERATIONS + 1);
+        assert_eq!(
+            client.key_derivation(above.as_bytes()).unwrap_err(),
+            ScramError::TooManyIterations(MAX_ITERATIONS + 1)
+        );
+        assert_eq!(MAX_ITERATIONS, 100_000, "documented in DESIGN.md");
     }
 
     #[test]

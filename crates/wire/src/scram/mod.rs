@@ -10,9 +10,9 @@ mod crypto;
 mod server;
 mod verifier;
 
-pub use client::{MAX_ITERATIONS, ScramClient};
+pub use client::{DerivedKeys, KeyDerivation, MAX_ITERATIONS, ScramClient};
 pub use server::ScramServer;
-pub use verifier::{DEFAULT_ITERATIONS, ScramVerifier};
+pub use verifier::{DEFAULT_ITERATIONS, SALT_LEN, ScramVerifier};
 
 use thiserror::Error;
 

@@ -54,10 +54,11 @@ impl ScramServer {
         Some(ScramServer { verifiers, fake: false, channel_binding, state: State::Initial })
     }
 
-    /// An exchange that runs exactly like a real one and then fails with `InvalidProof`.
-    pub fn fake(user: &str, secret: &[u8], channel_binding: ChannelBinding) -> Self {
+    /// An exchange that runs exactly like a real one and then fails with `InvalidProof`; see
+    /// [`ScramVerifier::fake`] for its salt.
+    pub fn fake(user: &str, database: &str, key: &[u8], channel_binding: ChannelBinding) -> Self {
         ScramServer {
-            verifiers: vec![ScramVerifier::fake(user, secret)],
+            verifiers: vec![ScramVerifier::fake(user, database, key)],
             fake: true,
             channel_binding,
             state: State::Initial,

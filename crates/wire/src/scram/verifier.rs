@@ -9,6 +9,9 @@ use super::crypto::{self, Key};
 
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 
+/// Salt length of the verifiers made here, as of PostgreSQL's own (`SCRAM_DEFAULT_SALT_LEN`).
+pub const SALT_LEN: usize = 16;
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScramVerifier {
     pub iterations: u32,
@@ -26,7 +29,7 @@ impl std::fmt::Debug for ScramVerifier {
 impl ScramVerifier {
     /// Derives a verifier with a fresh random salt and the default iteration count.
     pub fn generate(password: &str) -> Self {
-        let mut salt = vec![0u8; 16];
+        let mut salt = vec![0u8; SALT_LEN];
         rand::thread_rng().fill_bytes(&mut salt);
         Self::derive(password, &salt, DEFAULT_ITERATIONS)
     }
@@ -42,10 +45,24 @@ impl ScramVerifier {
         }
     }
 
-    /// A verifier no password matches, stable for a given user name and `secret` so that
-    /// repeated probes of an unknown user see the same salt, as they would for a real one.
-    pub fn fake(user: &str, secret: &[u8]) -> Self {
-        let salt = crypto::hmac(secret, &[b"salt", user.as_bytes()])[..16].to_vec();
+    /// A verifier no password matches, for a user the database does not route. Its salt is
+    /// keyed by `key` and derived from the user and the database together, so that repeated
+    /// probes of a pair see the same salt (as they would for a real one, across restarts when
+    /// the key is kept) and comparing a user's salts across databases tells nothing about
+    /// where it is real. Its shape is a real verifier's: a salt of [`SALT_LEN`] bytes and
+    /// [`DEFAULT_ITERATIONS`], the count of every verifier Berth makes (a count derived per
+    /// pair would set fakes apart from them).
+    pub fn fake(user: &str, database: &str, key: &[u8]) -> Self {
+        // Length-prefixed, so that no two (user, database) pairs make the same input.
+        let (u, d) = (user.as_bytes(), database.as_bytes());
+        let parts: [&[u8]; 5] = [
+            b"berth fake SCRAM salt",
+            &(u.len() as u64).to_be_bytes(),
+            u,
+            &(d.len() as u64).to_be_bytes(),
+            d,
+        ];
+        let salt = crypto::hmac(key, &parts)[..SALT_LEN].to_vec();
         let mut stored_key: Key = [0; 32];
         let mut server_key: Key = [0; 32];
         rand::thread_rng().fill_bytes(&mut stored_key);
@@ -119,11 +136,24 @@ mod tests {
     }
 
     #[test]
-    fn fake_salt_is_stable_per_user() {
-        let a = ScramVerifier::fake("alice", b"k");
-        let b = ScramVerifier::fake("alice", b"k");
-        let c = ScramVerifier::fake("bob", b"k");
-        assert_eq!(a.salt, b.salt);
-        assert_ne!(a.salt, c.salt);
+    fn fake_salt_is_stable_per_user_and_database_under_one_key() {
+        let salt = |user: &str, db: &str, key: &[u8]| ScramVerifier::fake(user, db, key).salt;
+        assert_eq!(salt("alice", "shop", b"k"), salt("alice", "shop", b"k"));
+        assert_ne!(salt("alice", "shop", b"k"), salt("alice", "blog", b"k"));
+        assert_ne!(salt("alice", "shop", b"k"), salt("bob", "shop", b"k"));
+        assert_ne!(salt("alice", "shop", b"k"), salt("alice", "shop", b"other key"));
+        // `user@db` splits: no pair shares another's input.
+        assert_ne!(salt("a@b", "c", b"k"), salt("a", "b@c", b"k"));
+        assert_ne!(salt("ab", "c", b"k"), salt("a", "bc", b"k"));
+    }
+
+    #[test]
+    fn a_fake_verifier_has_a_real_ones_shape() {
+        let (fake, real) = (ScramVerifier::fake("ghost", "shop", b"k"), ScramVerifier::generate("pw"));
+        assert_eq!(fake.salt.len(), real.salt.len());
+        assert_eq!(fake.iterations, real.iterations);
+        let text = fake.to_pg_authid();
+        assert_eq!(text.len(), real.to_pg_authid().len());
+        assert_eq!(ScramVerifier::parse(&text).unwrap(), fake);
     }
 }

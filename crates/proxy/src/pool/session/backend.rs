@@ -1,7 +1,9 @@
-//! The server's messages to the client: walking the expectation queue to forward or drop
-//! each one, the replies the proxy owes, the query-timeout rewording of a cancel,
-//! ReadyForQuery (transaction status and counts), and the effects of what succeeded on
-//! settings, their undo on rollback, prepared statements and pins.
+//! The server's messages to the client: checking the ones read whole (`server_frames`: a
+//! server breaking the protocol ends the session with 08P01 and is closed), walking the
+//! expectation queue to forward or drop each one, the replies the proxy owes, the
+//! query-timeout rewording of a cancel, ReadyForQuery (transaction status and counts), and
+//! the effects of what succeeded on settings, their undo on rollback, prepared statements
+//! and pins.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -14,8 +16,9 @@ use wire::{ErrorResponse, Severity, SqlState};
 
 use crate::pool::classify::Effect;
 use crate::pool::expect::{Finished, Verdict};
+use crate::server_frames::{Handling, Invalid, handling, protocol_violation, ready_status};
 
-use super::{Event, Gone, Session};
+use super::{Attached, Event, Gone, Session};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     pub(super) fn emit_replies(&mut self) {
@@ -49,20 +52,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 self.s_remaining -= n;
                 continue;
             }
-            let (tag, len) = match peek_header(&a.server.rbuf, usize::MAX) {
+            let header = peek_header(&a.server.rbuf, usize::MAX)
+                .map_err(Invalid::from)
+                .and_then(|h| h.map(|(tag, len)| Ok((tag, len, handling(tag, len)?))).transpose());
+            let (tag, len, handling) = match header {
                 Ok(Some(h)) => h,
                 Ok(None) => return None,
-                Err(e) => {
-                    return Some(Event::ServerGone(Gone::Lost, format!("server broke the protocol: {e}")));
-                }
+                Err(what) => return Some(server_broke(self.pool.key.database.as_str(), a, what)),
             };
             let whole = a.server.rbuf.len() >= HEADER_LEN + len;
-            if matches!(tag, b'Z' | b'E') && !whole {
+            if handling == Handling::Whole && !whole {
                 return None;
             }
+            // Checked before anything of the message is acted on.
+            let status = match tag {
+                b'Z' => match ready_status(&a.server.rbuf[HEADER_LEN..HEADER_LEN + len]) {
+                    Ok(status) => Some(status),
+                    Err(what) => return Some(server_broke(self.pool.key.database.as_str(), a, what)),
+                },
+                _ => None,
+            };
+            // An ErrorResponse too large to look at is passed on like any other message.
+            let inspect_error = tag == b'E' && handling == Handling::Whole;
             // A server shutting down says FATAL first: before anything reached the client,
             // that is the same as a server that died, and the transaction can go elsewhere.
-            if tag == b'E'
+            if inspect_error
                 && a.silent
                 && let Ok(e) = ErrorResponse::decode(&a.server.rbuf[HEADER_LEN..HEADER_LEN + len])
                 && e.severity() == Some(Severity::Fatal.as_str())
@@ -90,7 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             if tag == b'G' && a.queue.front_runs_statement() {
                 self.copy_in = true;
             }
-            if tag == b'E'
+            if inspect_error
                 && verdict == Verdict::Drop
                 && let Ok(e) = ErrorResponse::decode(&a.server.rbuf[HEADER_LEN..HEADER_LEN + len])
             {
@@ -99,13 +113,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             if verdict == Verdict::Forward {
                 a.silent = false;
                 a.replay = None;
-                if tag == b'E' {
+                if inspect_error {
                     self.shared.errors.count_body(&a.server.rbuf[HEADER_LEN..HEADER_LEN + len]);
+                } else if tag == b'E' {
+                    self.shared.errors.count(None);
                 }
             }
-            if tag == b'Z' {
-                let status = TransactionStatus::from_byte(a.server.rbuf[HEADER_LEN])
-                    .unwrap_or(TransactionStatus::Idle);
+            if let Some(status) = status {
                 a.busy_since = (!a.queue.is_empty()).then(Instant::now);
                 a.timed_out = false;
                 if verdict == Verdict::Forward {
@@ -113,7 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 }
             }
             // Only after a query timeout: the route lookup stays off the per-message path.
-            let timed_out = tag == b'E'
+            let timed_out = inspect_error
                 && verdict == Verdict::Forward
                 && self.attached.as_ref().is_some_and(|a| a.timed_out);
             let query_timeout = if timed_out { self.limits().query_timeout } else { None };
@@ -224,4 +238,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             _ => {}
         }
     }
+}
+
+/// The server broke the protocol: the session ends with 08P01 (the message is still unread,
+/// at a frame boundary, so the error goes out whole) and the server is closed when the
+/// session gives it back, never pooled.
+fn server_broke(database: &str, a: &mut Attached, what: Invalid) -> Event {
+    a.server.broken = true;
+    tracing::warn!(%database, server_pid = a.server.pid, error = %what, "the server broke the protocol; closing it");
+    Event::Fatal(protocol_violation(&what))
 }

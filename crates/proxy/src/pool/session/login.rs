@@ -30,7 +30,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 let reported = match sync_settings(&mut server, &self.settings).await {
                     Ok(r) => r,
                     Err(e) => {
-                        // The server is fine; the client's settings are not.
+                        // The server is fine, the client's settings are not (one that
+                        // failed or broke the protocol is marked and closed by checkin).
                         self.pool.checkin(server);
                         let mut e = e;
                         e.set(b'S', "FATAL".into());

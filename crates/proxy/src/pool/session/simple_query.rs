@@ -9,6 +9,7 @@ use wire::{ErrorResponse, SqlState};
 
 use crate::pool::server::ServerConn;
 use crate::pool::settings::Settings;
+use crate::server_frames::{Invalid, MAX_INSPECTED_ERROR, ready_status};
 
 /// Applies `settings` to a server as one query and returns the ParameterStatus values the
 /// server reported, or its error.
@@ -43,8 +44,21 @@ pub(super) async fn discard_all(server: &mut ServerConn) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one simple query on an otherwise idle server and reads up to ReadyForQuery.
+/// Runs one simple query on an otherwise idle server and reads up to ReadyForQuery. A server
+/// that fails here (lost, or breaking the protocol) is marked broken: it is closed, not
+/// pooled, whoever gives it back.
 async fn simple_query(
+    server: &mut ServerConn,
+    sql: &str,
+) -> Result<(Vec<(String, String)>, Option<ErrorResponse>), String> {
+    let answer = read_answer(server, sql).await;
+    if answer.is_err() {
+        server.broken = true;
+    }
+    answer
+}
+
+async fn read_answer(
     server: &mut ServerConn,
     sql: &str,
 ) -> Result<(Vec<(String, String)>, Option<ErrorResponse>), String> {
@@ -56,7 +70,12 @@ async fn simple_query(
     let mut reported = Vec::new();
     let mut error = None;
     loop {
-        while let Some(frame) = wire::parse_frame(&mut server.rbuf, usize::MAX).map_err(|e| e.to_string())? {
+        // Everything is read whole here, so nothing may be larger than an error the proxy
+        // reads whole elsewhere (the answers to SET and DISCARD ALL are a few bytes).
+        let invalid = |what: Invalid| what.to_string();
+        while let Some(frame) =
+            wire::parse_frame(&mut server.rbuf, MAX_INSPECTED_ERROR).map_err(|e| invalid(e.into()))?
+        {
             match frame.tag {
                 b'S' => {
                     if let Ok(BackendMessage::ParameterStatus { name, value }) =
@@ -66,7 +85,10 @@ async fn simple_query(
                     }
                 }
                 b'E' => error = ErrorResponse::decode(&frame.body).ok(),
-                b'Z' => return Ok((reported, error)),
+                b'Z' => {
+                    ready_status(&frame.body).map_err(invalid)?;
+                    return Ok((reported, error));
+                }
                 _ => {}
             }
         }
