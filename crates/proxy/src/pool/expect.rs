@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::classify::Effects;
+use super::statements::Prepared;
 
 #[derive(Debug)]
 pub enum Expect {
@@ -28,7 +29,8 @@ pub enum Kind {
     Parse {
         name: Option<Arc<str>>,
     },
-    Bind,
+    /// With the proxy's statement it binds, if it is one.
+    Bind(Option<Arc<Prepared>>),
     Close,
     DescribeStatement,
     DescribePortal,
@@ -51,7 +53,7 @@ impl Kind {
         matches!(
             self,
             Kind::Parse { .. }
-                | Kind::Bind
+                | Kind::Bind(_)
                 | Kind::Close
                 | Kind::DescribeStatement
                 | Kind::DescribePortal
@@ -63,7 +65,7 @@ impl Kind {
     fn ends_with(&self, tag: u8) -> bool {
         match self {
             Kind::Parse { .. } => tag == b'1',
-            Kind::Bind => tag == b'2',
+            Kind::Bind(_) => tag == b'2',
             Kind::Close => tag == b'3',
             Kind::DescribeStatement | Kind::DescribePortal => matches!(tag, b'T' | b'n'),
             Kind::Execute { .. } => matches!(tag, b'C' | b'I' | b's'),
@@ -92,6 +94,8 @@ pub enum Finished {
     Succeeded(Effects),
     /// A renamed Parse failed: the server does not have the statement after all.
     ParseFailed(Arc<str>),
+    /// A Bind of this proxy statement failed (the error says whether for good).
+    BindFailed(Arc<Prepared>),
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +176,7 @@ impl ExpectQueue {
                 // not run): forward the error in place of the answer it was waiting for.
                 let finished = match kind {
                     Kind::Parse { name: Some(n) } => Finished::ParseFailed(Arc::clone(n)),
+                    Kind::Bind(Some(p)) => Finished::BindFailed(Arc::clone(p)),
                     _ => Finished::Nothing,
                 };
                 self.q.pop_front();
@@ -234,10 +239,10 @@ mod tests {
     #[test]
     fn reply_for_a_skipped_parse_comes_between_answers() {
         let mut q = ExpectQueue::default();
-        q.push(client(Kind::Bind));
+        q.push(client(Kind::Bind(None)));
         q.push(client(Kind::Execute { effects: Effects::default() }));
         q.push(Expect::Reply(Bytes::from_static(b"1")));
-        q.push(client(Kind::Bind));
+        q.push(client(Kind::Bind(None)));
         q.push(client(Kind::Sync));
         let mut out = Vec::new();
         for tag in [b'2', b'D', b'C', b'2', b'Z'] {
@@ -253,7 +258,7 @@ mod tests {
     #[test]
     fn an_error_skips_to_sync_and_drops_owed_replies() {
         let mut q = ExpectQueue::default();
-        q.push(client(Kind::Bind));
+        q.push(client(Kind::Bind(None)));
         q.push(Expect::Reply(Bytes::from_static(b"1")));
         q.push(client(Kind::Execute { effects: Effects::default() }));
         q.push(client(Kind::Sync));
@@ -266,7 +271,7 @@ mod tests {
         // After the error but before the Sync arrives, new entries get no answers.
         q.push(client(Kind::Parse { name: None }));
         q.on_server_message(b'E');
-        assert!(!q.push(client(Kind::Bind)));
+        assert!(!q.push(client(Kind::Bind(None))));
         assert!(q.push(client(Kind::Sync)));
         assert_eq!(q.len(), 1);
     }
@@ -279,7 +284,7 @@ mod tests {
             assert_eq!(q.on_server_message(tag).0, Verdict::Drop);
         }
         q.push(Expect::Injected(Kind::Parse { name: Some(Arc::from("s")) }));
-        q.push(client(Kind::Bind));
+        q.push(client(Kind::Bind(None)));
         q.push(client(Kind::Sync));
         let (v, f) = q.on_server_message(b'E');
         assert_eq!(v, Verdict::Forward);

@@ -61,6 +61,9 @@ pub struct Pool {
     /// What clients with given startup settings see at login, learned from a server once so
     /// later logins with the same settings need none.
     login_params: Mutex<HashMap<String, ParamList>>,
+    /// Statement texts (by base name) whose statement PostgreSQL invalidated for good, with
+    /// the generation new Parses of them get (`statements::Prepared`).
+    statement_generations: Mutex<HashMap<Arc<str>, u64>>,
     generation: AtomicU64,
     next_id: AtomicU64,
     servers: Mutex<std::collections::BTreeMap<u64, ServerEntry>>,
@@ -81,6 +84,7 @@ impl Pool {
             keys: Mutex::new(None),
             base_params: Mutex::new(Vec::new()),
             login_params: Mutex::new(HashMap::new()),
+            statement_generations: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             servers: Mutex::new(Default::default()),
@@ -383,6 +387,31 @@ impl Pool {
     /// Returns a clean, idle server: to the longest waiting client, or to the idle list;
     /// closes it when it broke the protocol, the pool is paused or closed, it belongs to a
     /// retired upstream, or the pool shrank.
+    /// The generation a new Parse of the statement with this base name gets.
+    pub fn statement_generation(&self, base: &str) -> u64 {
+        self.statement_generations
+            .lock()
+            .expect("statement generations poisoned")
+            .get(base)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// PostgreSQL refused `p` for good ("cached plan must not change result type", after a
+    /// schema change): statements prepared from now on under its text get a new name, so
+    /// each server prepares them afresh; the old one stays broken, as it would on
+    /// PostgreSQL, for the clients still holding it. Bounded: a text moves on only from its
+    /// current generation, and the map holds one entry per text a schema change invalidated.
+    pub fn invalidate_statement(&self, p: &super::statements::Prepared) {
+        let mut gens = self.statement_generations.lock().expect("statement generations poisoned");
+        let current = gens.get(&p.base).copied().unwrap_or(0);
+        let current_name = if current == 0 { p.base.to_string() } else { format!("{}_{current}", p.base) };
+        if *p.server_name == *current_name {
+            gens.insert(Arc::clone(&p.base), current + 1);
+            tracing::info!(database = %self.key.database, statement = %p.base, generation = current + 1, "statement invalidated by the server; prepared afresh from now on");
+        }
+    }
+
     pub fn checkin(&self, mut server: ServerConn) {
         server.last_used = Instant::now();
         server.shrink();

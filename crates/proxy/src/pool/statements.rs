@@ -2,7 +2,10 @@
 //! own; on the servers every statement is stored under a name derived from its text and
 //! parameter types, so two clients preparing the same query share one server statement and
 //! a client can use its statement on whichever server it gets: the proxy prepares it there
-//! first when needed.
+//! first when needed. When PostgreSQL has invalidated a statement for good (a schema change
+//! altered its result type: "cached plan must not change result type"), the pool moves that
+//! text to a new generation, so a client that prepares it again gets a fresh statement on
+//! every server instead of the broken one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +18,9 @@ use super::classify::Effects;
 /// A statement as the servers know it.
 #[derive(Debug)]
 pub struct Prepared {
+    /// `berth_<hash>` of the text and types: the same for every generation.
+    pub base: Arc<str>,
+    /// `base`, with `_<generation>` after the first.
     pub server_name: Arc<str>,
     /// The complete Parse message under `server_name`, ready to send to any server.
     pub parse: Bytes,
@@ -23,6 +29,16 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(query: &str, param_types: &[u32], effects: Effects) -> Self {
+        Self::of_generation(query, param_types, effects, |_| 0)
+    }
+
+    /// The statement under the generation `generation` gives its base name.
+    pub fn of_generation(
+        query: &str,
+        param_types: &[u32],
+        effects: Effects,
+        generation: impl FnOnce(&str) -> u64,
+    ) -> Self {
         let mut h = Sha256::new();
         h.update(query.as_bytes());
         for t in param_types {
@@ -30,7 +46,11 @@ impl Prepared {
         }
         let digest = h.finalize();
         let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        let server_name: Arc<str> = Arc::from(format!("berth_{hex}"));
+        let base: Arc<str> = Arc::from(format!("berth_{hex}"));
+        let server_name = match generation(&base) {
+            0 => Arc::clone(&base),
+            g => Arc::from(format!("{base}_{g}")),
+        };
         let mut body = BytesMut::new();
         body.put_slice(server_name.as_bytes());
         body.put_u8(0);
@@ -44,7 +64,7 @@ impl Prepared {
         parse.put_u8(b'P');
         parse.put_i32(body.len() as i32 + 4);
         parse.put_slice(&body);
-        Prepared { server_name, parse: parse.freeze(), effects }
+        Prepared { base, server_name, parse: parse.freeze(), effects }
     }
 }
 
@@ -87,6 +107,8 @@ mod tests {
         let c = Prepared::new("select $1", &[25], Effects::default());
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
+        let next = Prepared::of_generation("select $1", &[23], Effects::default(), |_| 2);
+        assert_eq!((next.base.clone(), &*next.server_name), (a.base.clone(), &*format!("{}_2", a.base)));
         let frame = wire::parse_frame(&mut BytesMut::from(&a.parse[..]), 1 << 20).unwrap().unwrap();
         let wire::frontend::FrontendMessage::Parse { name, query, param_types } =
             wire::frontend::FrontendMessage::decode(&frame).unwrap()

@@ -98,6 +98,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 Finished::ParseFailed(name) => {
                     self.attached.as_mut().expect("attached").server.prepared.remove(&name);
                 }
+                Finished::BindFailed(p) => {
+                    let a = self.attached.as_ref().expect("attached");
+                    if let Some(body) = a.server.rbuf.get(HEADER_LEN..HEADER_LEN + len)
+                        && let Ok(e) = ErrorResponse::decode(body)
+                        && e.code() == Some(SqlState::FEATURE_NOT_SUPPORTED)
+                        && e.message()
+                            .is_some_and(|m| m.starts_with("cached plan must not change result type"))
+                    {
+                        self.pool.invalidate_statement(&p);
+                    }
+                }
                 Finished::Nothing => {}
             }
             let a = self.attached.as_mut().expect("attached");

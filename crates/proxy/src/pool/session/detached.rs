@@ -83,7 +83,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                             self.skip_client_until_sync = true;
                         } else {
                             let effects = self.shared.classify.get(query);
-                            self.statements.insert(name, Arc::new(Prepared::new(query, &types, effects)));
+                            let p = Prepared::of_generation(query, &types, effects, |b| {
+                                self.pool.statement_generation(b)
+                            });
+                            self.statements.insert(name, Arc::new(p));
                             self.client.wbuf.extend_from_slice(PARSE_COMPLETE);
                         }
                     }

@@ -202,7 +202,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             self.skip_client_until_sync = true;
             return;
         }
-        let p = Arc::new(Prepared::new(query, &types, effects));
+        let p =
+            Arc::new(Prepared::of_generation(query, &types, effects, |b| self.pool.statement_generation(b)));
         self.statements.insert(name, Arc::clone(&p));
         if a.server.prepared.contains(&p.server_name) {
             a.queue.push(Expect::Reply(Bytes::from_static(PARSE_COMPLETE)));
@@ -222,7 +223,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let a = self.attached.as_mut().expect("attached");
         let Some((portal, stmt, rest)) = names else {
             a.server.wbuf.extend_from_slice(frame);
-            a.queue.push(Expect::Client(Kind::Bind));
+            a.queue.push(Expect::Client(Kind::Bind(None)));
             return;
         };
         let prepared = if stmt.is_empty() {
@@ -251,7 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 if stmt.is_empty() { self.unnamed_statement.clone() } else { Effects::default() }
             }
         };
-        a.queue.push(Expect::Client(Kind::Bind));
+        a.queue.push(Expect::Client(Kind::Bind(prepared)));
         if portal.is_empty() {
             self.unnamed_portal = effects;
         } else if let Ok(p) = std::str::from_utf8(portal) {
@@ -306,7 +307,7 @@ fn raise_on_server(a: &mut Attached, e: &ErrorResponse) -> bool {
         m.encode(&mut a.server.wbuf);
     }
     a.queue.push(Expect::Injected(Kind::Parse { name: None }));
-    a.queue.push(Expect::Injected(Kind::Bind));
+    a.queue.push(Expect::Injected(Kind::Bind(None)));
     a.queue.push(Expect::Injected(Kind::Execute { effects: Effects::default() }));
     true
 }
