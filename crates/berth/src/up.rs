@@ -96,6 +96,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         WorkerSettings::default(),
     );
 
+    let _ = control.local_ca_pem.set(ca.ca_cert_pem.clone());
+
     // The proxy, with routes from the catalog from the first connection on.
     let policy = Arc::new(crate::registered::UpstreamPolicy {
         data_dir: dir.clone(),

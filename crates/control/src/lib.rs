@@ -51,6 +51,9 @@ pub struct Control {
     /// preview being removed leaves the routes through it before its instance stops, so its
     /// sessions hear why from the proxy rather than PostgreSQL's shutdown message.
     pub route_refresh: std::sync::OnceLock<Arc<dyn RouteRefresh>>,
+    /// The local CA's certificate (PEM, never a key), served at `/v1/tls/ca.pem`; set by the
+    /// binary only when the proxy's certificate is one that CA signed.
+    pub local_ca_pem: std::sync::OnceLock<String>,
 }
 
 /// See [`Control::route_refresh`].
@@ -76,6 +79,7 @@ impl Control {
             max_attempts: 3,
             upstream_probe: std::sync::OnceLock::new(),
             route_refresh: std::sync::OnceLock::new(),
+            local_ca_pem: std::sync::OnceLock::new(),
         })
     }
 }

@@ -226,6 +226,20 @@ pub fn api_as(data: &Path, key: &str, method: &str, path: &str, body: &str) -> (
     (status, body)
 }
 
+/// A GET without an API key: `(status, lower-cased header lines, body)`.
+pub fn get_unauthenticated(data: &Path, path: &str) -> (u16, String, String) {
+    let url = std::fs::read_to_string(data.join("api.url")).expect("api.url");
+    let addr = url.trim().trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the API");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
 /// [`api`] with the answer read as JSON (`Null` when it is not JSON).
 pub fn api_json(data: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     let (status, body) = api(data, method, path, body);

@@ -13,6 +13,7 @@ mod openapi;
 pub(crate) mod previews;
 mod projects;
 mod redact;
+mod tls;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub use openapi::ApiDoc;
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/tls/ca.pem", get(tls::ca_pem))
         .route("/v1/projects", get(projects::list).post(projects::create))
         .route("/v1/projects/{id}", get(projects::get).patch(projects::update).delete(projects::delete))
         .route("/v1/projects/{id}/branches", get(branches::list).post(branches::create))

@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         super::keys::create,
         super::keys::list,
         super::keys::revoke,
+        super::tls::ca_pem,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
