@@ -139,7 +139,7 @@ impl Proxy {
                 errors: Default::default(),
                 counters: Default::default(),
                 reload_hook: arc_swap::ArcSwapOption::empty(),
-                classify: crate::pool::classify::ClassifyCache::new(10_000),
+                classify: crate::pool::classify::ClassifyCache::new(16 << 20),
                 api_keys: OnceLock::new(),
                 verifiers: Default::default(),
                 deadline: OnceLock::new(),

@@ -14,6 +14,7 @@ impl SqlState {
     pub const INVALID_PASSWORD: SqlState = SqlState(*b"28P01");
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState(*b"42501");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState(*b"3D000");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState(*b"54000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState(*b"53300");
     pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState(*b"53400");
     pub const QUERY_CANCELED: SqlState = SqlState(*b"57014");

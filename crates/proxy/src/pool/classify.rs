@@ -241,19 +241,28 @@ fn statement_effects(node: &NodeEnum, text: &str, out: &mut Vec<Effect>) {
     }
 }
 
-/// Classifications by statement text, bounded: when full it starts over, which costs a few
-/// re-parses and never a wrong answer.
+/// Classifications by statement text, bounded by the bytes of text it keeps (entries alone
+/// would let a client of long statements fill memory): when a shard is full it starts over,
+/// which costs a few re-parses and never a wrong answer; a text over a quarter of a shard
+/// is classified every time and not kept.
 pub struct ClassifyCache {
-    shards: Vec<Mutex<HashMap<Arc<str>, Effects>>>,
-    per_shard: usize,
+    shards: Vec<Mutex<Shard>>,
+    per_shard_bytes: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Arc<str>, Effects>,
+    bytes: usize,
 }
 
 impl ClassifyCache {
-    pub fn new(capacity: usize) -> Self {
+    /// At most `capacity_bytes` of statement text, spread over shards.
+    pub fn new(capacity_bytes: usize) -> Self {
         let shards = 16;
         ClassifyCache {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
-            per_shard: (capacity / shards).max(1),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard_bytes: (capacity_bytes / shards).max(1),
         }
     }
 
@@ -262,15 +271,23 @@ impl ClassifyCache {
             return Effects::default();
         }
         let shard = &self.shards[shard_of(sql, self.shards.len())];
-        if let Some(hit) = shard.lock().expect("classify cache poisoned").get(sql) {
+        if let Some(hit) = shard.lock().expect("classify cache poisoned").map.get(sql) {
             return Arc::clone(hit);
         }
         let effects: Effects = Arc::new(classify(sql));
-        let mut map = shard.lock().expect("classify cache poisoned");
-        if map.len() >= self.per_shard {
-            map.clear();
+        // What an entry costs beyond its text: the key's and the value's headers.
+        let cost = sql.len() + 64;
+        if cost > self.per_shard_bytes / 4 {
+            return effects;
         }
-        map.insert(Arc::from(sql), Arc::clone(&effects));
+        let mut shard = shard.lock().expect("classify cache poisoned");
+        if shard.bytes + cost > self.per_shard_bytes {
+            shard.map.clear();
+            shard.bytes = 0;
+        }
+        if shard.map.insert(Arc::from(sql), Arc::clone(&effects)).is_none() {
+            shard.bytes += cost;
+        }
         effects
     }
 }
@@ -399,10 +416,26 @@ mod tests {
 
     #[test]
     fn cache_returns_the_same_answer() {
-        let cache = ClassifyCache::new(32);
+        let cache = ClassifyCache::new(32 << 10);
         for _ in 0..100 {
             assert_eq!(*cache.get("LISTEN x"), vec![Effect::Listen("x".into())]);
         }
         assert!(cache.get("select 1").is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_the_bytes_of_text_it_keeps() {
+        let cache = ClassifyCache::new(64 << 10);
+        // Long statements with effects, each different: many times the budget.
+        for i in 0..2_000 {
+            let sql = format!("SET application_name = '{i}{}'", "x".repeat(900));
+            assert!(matches!(cache.get(&sql).as_slice(), [Effect::Set { .. }]));
+        }
+        let kept: usize = cache.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
+        assert!(kept <= 64 << 10, "{kept} bytes kept");
+        // One over a quarter of a shard is answered and not kept.
+        let huge = format!("SET application_name = '{}'", "y".repeat(64 << 10));
+        assert!(matches!(cache.get(&huge).as_slice(), [Effect::Set { .. }]));
+        assert!(cache.shards.iter().all(|s| !s.lock().unwrap().map.contains_key(huge.as_str())));
     }
 }

@@ -47,7 +47,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 self.discard_client_frame(len, whole);
                 continue;
             }
-            if !matches!(tag, b'P' | b'C' | b'S' | b'H') {
+            // A large Parse is streamed to a server rather than held here.
+            if !matches!(tag, b'P' | b'C' | b'S' | b'H') || len > super::frontend::STREAM_ABOVE {
                 return Some(Event::NeedServer);
             }
             if !whole {

@@ -17,6 +17,20 @@ use crate::pool::expect::{Expect, Kind};
 use crate::pool::statements::Prepared;
 
 use super::attach::keep_for_replay;
+
+/// Messages the proxy must look into are read whole up to this size. Larger ones are
+/// streamed through as they arrive, as on the direct port, so a client cannot make the proxy
+/// hold a message of `max_message_size` (256 MiB) per connection: a Query or an unnamed
+/// Parse goes through unclassified and pins the session (what it sets cannot be known), a
+/// Bind once its two names have arrived.
+pub(super) const STREAM_ABOVE: usize = 1 << 20;
+/// A named Parse is kept whole (its text names it on the servers and prepares it on each):
+/// up to this size.
+const NAMED_PARSE_MAX: usize = 16 << 20;
+/// Where a Bind's portal and statement names must end.
+const BIND_NAMES_MAX: usize = 2048;
+/// The other messages the proxy reads whole are small by nature.
+const SMALL_MESSAGE_MAX: usize = 64 << 10;
 use super::frame::{CLOSE_COMPLETE, PARSE_COMPLETE, cstr, duplicate_statement, framing_error, parse_fields};
 use super::{Attached, Event, Session};
 
@@ -46,6 +60,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             let whole = self.client.rbuf.len() >= HEADER_LEN + len;
             let needs_whole =
                 matches!(tag, b'P' | b'B' | b'D' | b'C' | b'Q' | b'E' | b'S' | b'H' | b'X' | b'c' | b'f');
+            if needs_whole && len > STREAM_ABOVE && !self.skip_client_until_sync {
+                let was_idle = a.queue.is_empty();
+                match self.stream_large(tag, len) {
+                    Ok(true) => {
+                        let a = self.attached.as_mut().expect("attached");
+                        if was_idle && !a.queue.is_empty() {
+                            a.busy_since = Some(Instant::now());
+                        }
+                        self.emit_replies();
+                        continue;
+                    }
+                    Ok(false) => return None,
+                    Err(e) => return Some(Event::Fatal(e)),
+                }
+            }
             if needs_whole && !whole {
                 self.client.rbuf.reserve(HEADER_LEN + len - self.client.rbuf.len());
                 return None;
@@ -79,6 +108,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             }
             self.emit_replies();
         }
+    }
+
+    /// Starts streaming a large message (see [`STREAM_ABOVE`]): true once its head is
+    /// handled and the rest will flow through, false while the head has not arrived.
+    fn stream_large(&mut self, tag: u8, len: usize) -> Result<bool, ErrorResponse> {
+        let too_large = |what: &str, max: usize| {
+            ErrorResponse::fatal(
+                wire::SqlState::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "{what} of {len} bytes exceeds the pooled port's limit of {max} bytes; use the direct port"
+                ),
+            )
+        };
+        let a = self.attached.as_mut().expect("attached");
+        let body = &self.client.rbuf[HEADER_LEN.min(self.client.rbuf.len())..];
+        let head = match tag {
+            b'Q' => {
+                a.queue.push(Expect::Client(Kind::Query { effects: pinning(), failed: false }));
+                self.pool.stats.queries.fetch_add(1, Ordering::Relaxed);
+                HEADER_LEN
+            }
+            b'P' => match body.first() {
+                None => return Ok(false),
+                Some(0) => {
+                    self.unnamed_statement = pinning();
+                    a.queue.push(Expect::Client(Kind::Parse { name: None }));
+                    HEADER_LEN
+                }
+                Some(_) if len <= NAMED_PARSE_MAX => {
+                    // Read whole, as a small one.
+                    if self.client.rbuf.len() < HEADER_LEN + len {
+                        self.client.rbuf.reserve(HEADER_LEN + len - self.client.rbuf.len());
+                        return Ok(false);
+                    }
+                    let frame = self.client.rbuf.split_to(HEADER_LEN + len);
+                    keep_for_replay(a, &frame);
+                    self.on_parse(&frame);
+                    return Ok(true);
+                }
+                Some(_) => {
+                    // An error for this statement alone, as PostgreSQL's own would be: the
+                    // message is dropped as it arrives and what follows skipped to Sync.
+                    let mut e = too_large("a named Parse", NAMED_PARSE_MAX);
+                    e.set(b'S', "ERROR".into());
+                    e.set(b'V', "ERROR".into());
+                    if !raise_on_server(a, &e) {
+                        a.queue.push(Expect::Reply(e.to_error_message().freeze()));
+                    }
+                    self.skip_client_until_sync = true;
+                    self.discard_client_frame(len, false);
+                    return Ok(true);
+                }
+            },
+            b'B' => {
+                let names = cstr(body, 0).and_then(|(_, at)| cstr(body, at).map(|(_, rest)| rest));
+                match names {
+                    Some(rest) if rest <= BIND_NAMES_MAX => {
+                        let head = self.client.rbuf.split_to(HEADER_LEN + rest);
+                        keep_for_replay(a, &head);
+                        self.on_bind_head(&head, len - rest);
+                        self.c_remaining = len - rest;
+                        self.c_discard = false;
+                        return Ok(true);
+                    }
+                    None if body.len() < BIND_NAMES_MAX => {
+                        self.client.rbuf.reserve(HEADER_LEN + BIND_NAMES_MAX);
+                        return Ok(false);
+                    }
+                    _ => return Err(framing_error(wire::WireError::Malformed { what: "Bind" })),
+                }
+            }
+            _ => return Err(too_large("a message", SMALL_MESSAGE_MAX)),
+        };
+        a.server.wbuf.extend_from_slice(&self.client.rbuf[..head]);
+        keep_for_replay(a, &self.client.rbuf[..head]);
+        self.client.rbuf.advance(head);
+        self.c_remaining = len;
+        self.c_discard = false;
+        Ok(true)
     }
 
     /// A whole client message that the proxy must look into.
@@ -217,6 +325,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     }
 
     fn on_bind(&mut self, frame: &[u8]) {
+        self.bind(frame, 0);
+    }
+
+    /// A Bind whose names (and only those) are in `head`; `streamed` more bytes of it follow.
+    fn on_bind_head(&mut self, head: &[u8], streamed: usize) {
+        self.bind(head, streamed);
+    }
+
+    /// A Bind from its start (`frame`, the rest of it `streamed` bytes still to come).
+    fn bind(&mut self, frame: &[u8], streamed: usize) {
         let body = &frame[HEADER_LEN..];
         let names =
             cstr(body, 0).and_then(|(portal, at)| cstr(body, at).map(|(stmt, rest)| (portal, stmt, rest)));
@@ -226,6 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             a.queue.push(Expect::Client(Kind::Bind(None)));
             return;
         };
+        let declared = body.len() + streamed;
         let prepared = if stmt.is_empty() {
             None
         } else {
@@ -234,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let effects = match &prepared {
             Some(p) => {
                 ensure_prepared(a, p);
-                let new_len = 4 + portal.len() + 1 + p.server_name.len() + 1 + (body.len() - rest);
+                let new_len = 4 + portal.len() + 1 + p.server_name.len() + 1 + (declared - rest);
                 a.server.wbuf.reserve(new_len + 1);
                 a.server.wbuf.put_u8(b'B');
                 a.server.wbuf.put_i32(new_len as i32);
@@ -263,6 +382,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             }
         }
     }
+}
+
+/// Effects of a statement the proxy could not read: whatever it does stays with its server.
+fn pinning() -> Effects {
+    Arc::new(vec![crate::pool::classify::Effect::Untracked])
 }
 
 /// Prepares `p` on the attached server first if it does not have it.
