@@ -7,6 +7,7 @@ mod catalog_instance;
 mod client;
 mod datadir;
 mod key_check;
+mod local_ca;
 mod proxy_cmd;
 mod registered;
 mod route_sync;

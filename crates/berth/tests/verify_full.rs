@@ -44,3 +44,24 @@ fn the_served_ca_verifies_the_proxy_on_both_ports() {
         assert!(!ok && err.contains("SSL error"), "pooled={pooled}, another CA: {err}");
     }
 }
+
+#[test]
+fn berth_connection_verify_prints_strings_psql_verifies_on_both_ports() {
+    let data = data_dir();
+    let up = berth_up(data.path(), Ports::free());
+    up.create_project("shop");
+    let (_, _, served) = get_unauthenticated(data.path(), "/v1/tls/ca.pem");
+    for flags in [&["--verify"][..], &["--pooled", "--verify", "--branch", "main"]] {
+        let mut args = vec!["connection", "shop"];
+        args.extend_from_slice(flags);
+        let (ok, uri, err) = up.cli(&args);
+        assert!(ok, "berth {args:?}: {err}");
+        assert!(uri.contains("@localhost:") && !uri.contains("sslmode=require"), "{uri}");
+        let (_, root) = uri.split_once("sslmode=verify-full&sslrootcert=").expect("verify-full");
+        assert!(root.starts_with('/'), "not an absolute path: {uri}");
+        assert_eq!(std::fs::read_to_string(root).expect("the CA file"), served, "{root}");
+        wait_for("the project to be routed", || psql(&uri, "select 1").0);
+        let (ok, out, err) = psql(&uri, "select 'verified'");
+        assert!(ok && out == "verified", "{args:?}: {err}");
+    }
+}

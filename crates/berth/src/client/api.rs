@@ -70,6 +70,25 @@ impl Api {
         self.exchange("GET", path, None)
     }
 
+    /// A GET of a document that is not JSON (`/v1/tls/ca.pem`); error statuses are returned as
+    /// by [`Api::get_status`].
+    pub fn get_text(&self, path: &str) -> anyhow::Result<Result<String, (u16, String)>> {
+        let url = format!("{}{path}", self.base);
+        let mut response = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| anyhow::anyhow!("cannot reach the Berth API at {}: {e}", self.base))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().context("reading the API response")?;
+        if status >= 400 {
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let message = json["error"]["message"].as_str().unwrap_or(text.as_str());
+            return Ok(Err((status, format!("{message} (HTTP {status})"))));
+        }
+        Ok(Ok(text))
+    }
+
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send("GET", path, None)
     }

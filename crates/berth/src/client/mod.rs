@@ -4,11 +4,13 @@
 
 mod api;
 mod branches;
+mod connection;
 mod databases;
 mod output;
 mod previews;
 
 pub use branches::{BranchesArgs, branches};
+pub use connection::{ConnectionArgs, connection};
 pub use databases::{DatabasesArgs, databases};
 pub use previews::{PreviewsArgs, previews};
 
@@ -45,20 +47,6 @@ enum ProjectsCommand {
         #[arg(long)]
         no_wait: bool,
     },
-}
-
-#[derive(Args)]
-pub struct ConnectionArgs {
-    /// Project id or name.
-    project: String,
-    /// Branch (default: main).
-    #[arg(long)]
-    branch: Option<String>,
-    /// The pooled port instead of the direct one.
-    #[arg(long)]
-    pooled: bool,
-    #[command(flatten)]
-    opts: ClientOpts,
 }
 
 #[derive(Args)]
@@ -230,21 +218,6 @@ pub fn projects(args: ProjectsArgs) -> anyhow::Result<()> {
             };
             if json_out { output::json(&job) } else { println!("deleted {project}") }
         }
-    }
-    Ok(())
-}
-
-pub fn connection(args: ConnectionArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.opts)?;
-    let mut path = format!("/v1/projects/{}/connection?pooled={}", args.project, args.pooled);
-    if let Some(branch) = &args.branch {
-        path.push_str(&format!("&branch={branch}"));
-    }
-    let c = api.get(&path)?;
-    if args.opts.json {
-        output::json(&c)
-    } else {
-        println!("{}", cell(&c["connectionUri"]))
     }
     Ok(())
 }
