@@ -26,6 +26,7 @@ ensure_rust() {
 
 # The one list of system packages both scripts install: the PostgreSQL server and clients,
 # and what the build needs (pg_query's build runs bindgen, which loads libclang and its
-# headers; without them `cargo build` stops with "Unable to find libclang").
+# headers; without them `cargo build` stops with "Unable to find libclang"), and
+# ca-certificates for `berth trust` (update-ca-certificates) and its test.
 BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev
-  libclang1-14 libclang-common-14-dev)
+  libclang1-14 libclang-common-14-dev ca-certificates)

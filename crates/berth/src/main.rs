@@ -12,6 +12,7 @@ mod proxy_cmd;
 mod registered;
 mod route_sync;
 mod signals;
+mod trust;
 mod tunnel;
 mod up;
 
@@ -46,6 +47,8 @@ enum Command {
     Keys(client::KeysArgs),
     /// Register, list, show, update and delete upstreams served through Berth (PgBeam style).
     Databases(client::DatabasesArgs),
+    /// Install the local CA into the system's trust store (root), and print the line for Node.
+    Trust(trust::TrustArgs),
     /// A local endpoint for desktop tools that logs in to a project with an API key.
     Tunnel(tunnel::TunnelArgs),
 }
@@ -75,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Credentials(args) => client::credentials(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Keys(args) => client::keys(args),
+        Command::Trust(args) => trust::run(args),
         Command::Tunnel(args) => tunnel::run(args),
         Command::Databases(args) => client::databases(args),
     };
