@@ -15,7 +15,7 @@ use catalog::{Catalog, MasterKey, Secret};
 use clap::Args;
 use control::{Control, Endpoints, Instances, Worker, WorkerSettings};
 use node::{InitOptions, PgBinaries};
-use proxy::{LocalCa, Proxy, ProxySettings};
+use proxy::{CertificateFiles, LocalCa, Proxy, ProxySettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,13 @@ pub struct UpArgs {
     /// unique-local ranges are refused, at registration and at every connect.
     #[arg(long)]
     upstream_deny_private: bool,
+    /// Serve this certificate (PEM, leaf first, then intermediates) on both proxy ports
+    /// instead of one from the local CA; reloaded when it or the key changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -55,6 +62,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // is ours alone unless a directory is opened on purpose: files 0600, directories 0700.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let dir = prepare_data_dir(&crate::datadir::for_up(args.data.clone()))?;
+    // The operator's certificate, checked before anything starts: a bad pair stops here.
+    let own_certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = CertificateFiles { cert: cert.clone(), key: key.clone() };
+            let tls = files
+                .load()
+                .with_context(|| format!("--tls-cert {} with --tls-key {}", cert.display(), key.display()))?;
+            Some((files, tls))
+        }
+        _ => None,
+    };
     let bins = PgBinaries::find()?;
     let master_key = MasterKey::load_or_create(&dir.join("master.key"))?;
     let shutdown = CancellationToken::new();
@@ -73,6 +91,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     catalog.migrate().await?;
     let boot = crate::bootstrap::run(&catalog, &dir).await?;
+    // The local CA is made even when the operator's certificate is served, so the data
+    // directory is the same either way and going back to it needs nothing.
     let hostnames = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let ca = LocalCa::load_or_create(&dir, &hostnames)?;
 
@@ -96,7 +116,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         WorkerSettings::default(),
     );
 
-    let _ = control.local_ca_pem.set(ca.ca_cert_pem.clone());
+    let (tls, watched) = match own_certificate {
+        Some((files, tls)) => (tls, Some(files)),
+        None => {
+            // Only the local CA's certificate is handed out, and only when it signed what
+            // the proxy serves.
+            let _ = control.local_ca_pem.set(ca.ca_cert_pem.clone());
+            (ca.server()?, None)
+        }
+    };
 
     // The proxy, with routes from the catalog from the first connection on.
     let policy = Arc::new(crate::registered::UpstreamPolicy {
@@ -110,7 +138,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let fake_scram_key = proxy::FakeScramKey::load_or_create(&dir.join("scram-fake.key"))
         .context("loading the fake SCRAM salt key")?;
     let settings = ProxySettings { fake_scram_key, ..ProxySettings::default() };
-    let proxy = Proxy::new(settings, routes, Some(ca.server()?));
+    let proxy = Proxy::new(settings, routes, Some(tls));
     proxy.set_api_keys(Arc::new(crate::key_check::CatalogKeys { catalog: catalog.clone() }));
     let _ = control.route_refresh.set(Arc::new(crate::route_sync::Refresh {
         catalog: catalog.clone(),
@@ -134,6 +162,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tasks.spawn(Arc::clone(&instances).supervise(shutdown.clone()));
+    if let Some(files) = watched.clone() {
+        tasks.spawn(files.watch(proxy.clone(), proxy::tls_files::POLL_INTERVAL, shutdown.clone()));
+    }
     tasks.spawn(Arc::clone(&catalog_instances).supervise(shutdown.clone()));
     tasks.spawn({
         let (control, shutdown) = (Arc::clone(&control), shutdown.clone());
@@ -148,7 +179,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let api_url = format!("http://{api_addr}");
     crate::bootstrap::write_private(&dir.join("api.url"), &api_url)?;
-    print_banner(&dir, &api_url, pooled_addr, direct_addr, boot.new_admin_key.as_ref());
+    print_banner(&dir, &api_url, pooled_addr, direct_addr, watched.as_ref(), boot.new_admin_key.as_ref());
     tracing::info!(api = %api_url, pooled = %pooled_addr, direct = %direct_addr, organization_id = %boot.organization_id, "berth is up");
 
     let signal = crate::signals::terminate().await?;
@@ -205,13 +236,25 @@ fn worker_name() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
-fn print_banner(dir: &Path, api_url: &str, pooled: SocketAddr, direct: SocketAddr, new_key: Option<&Secret>) {
+fn print_banner(
+    dir: &Path,
+    api_url: &str,
+    pooled: SocketAddr,
+    direct: SocketAddr,
+    own_certificate: Option<&CertificateFiles>,
+    new_key: Option<&Secret>,
+) {
     let data = dir.display();
     println!("Berth is up.");
     println!("  API:            {api_url}   (reference: {api_url}/v1/openapi.json)");
     println!("  pooled proxy:   {pooled}");
     println!("  direct proxy:   {direct}");
-    println!("  CA certificate: {data}/ca.pem   (sslmode=verify-full&sslrootcert=...)");
+    match own_certificate {
+        Some(files) => {
+            println!("  certificate:    {}   (yours; reloaded when it changes)", files.cert.display())
+        }
+        None => println!("  CA certificate: {data}/ca.pem   (sslmode=verify-full&sslrootcert=...)"),
+    }
     println!("  admin API key:  {data}/admin.key");
     if let Some(key) = new_key {
         println!();

@@ -27,6 +27,7 @@ mod session;
 mod stream;
 pub mod tls;
 mod tls_conn;
+pub mod tls_files;
 pub mod units;
 mod upstream;
 mod upstream_tls;
@@ -37,4 +38,5 @@ pub use routes::{Database, Limits, PoolConfig, PoolMode, Role, RouteTable, SslMo
 pub use server::{LISTEN_BACKLOG, Proxy, ProxySettings, ReloadHook, listen};
 pub use session::ListenerKind;
 pub use tls::{LocalCa, TlsServer};
+pub use tls_files::CertificateFiles;
 pub use upstream_tls::client_config as upstream_tls_config;

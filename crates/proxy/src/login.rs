@@ -47,9 +47,10 @@ pub(crate) async fn refuse<S>(shared: Arc<Shared>, raw: S, peer: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let tls = shared.tls.load_full();
     let negotiated = tokio::time::timeout(
         shared.settings.auth_timeout,
-        negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls),
+        negotiate(raw, tls.as_deref(), shared.settings.require_tls),
     )
     .await;
     match negotiated {
@@ -81,8 +82,8 @@ pub(crate) async fn login<S>(shared: &Arc<Shared>, raw: S) -> Result<Option<Logi
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut client, startup) = match negotiate(raw, shared.tls.as_ref(), shared.settings.require_tls).await?
-    {
+    let tls = shared.tls.load_full();
+    let (mut client, startup) = match negotiate(raw, tls.as_deref(), shared.settings.require_tls).await? {
         Negotiated::Cancel(req, stream) => {
             handle_cancel(shared, req, stream).await;
             return Ok(None);
@@ -107,7 +108,7 @@ where
         return Err(send_error(&mut client, e).await);
     };
     let db_name = startup.database().unwrap_or_default().to_owned();
-    let binding = match (&shared.tls, client.is_tls()) {
+    let binding = match (&tls, client.is_tls()) {
         (Some(tls), true) => tls.channel_binding.clone(),
         _ => ChannelBinding::None,
     };

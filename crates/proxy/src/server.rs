@@ -81,7 +81,9 @@ impl From<&ProxySection> for ProxySettings {
 pub(crate) struct Shared {
     pub settings: ProxySettings,
     pub routes: ArcSwap<RouteTable>,
-    pub tls: Option<TlsServer>,
+    /// Swapped when the operator's certificate files change: each connection loads it once,
+    /// so its handshake and its SCRAM channel binding are of one certificate.
+    pub tls: arc_swap::ArcSwapOption<TlsServer>,
     pub cancels: Arc<CancelRegistry>,
     pub counts: ConnectionCounts,
     pub shutdown: CancellationToken,
@@ -130,7 +132,7 @@ impl Proxy {
             shared: Arc::new(Shared {
                 settings,
                 routes: ArcSwap::from_pointee(routes),
-                tls,
+                tls: arc_swap::ArcSwapOption::from(tls.map(Arc::new)),
                 cancels: Arc::default(),
                 counts: ConnectionCounts::default(),
                 shutdown: CancellationToken::new(),
@@ -162,6 +164,12 @@ impl Proxy {
             routes.get(db).is_some() || !old.get(db).is_some_and(|d| d.close_sessions_on_removal)
         });
         self.shared.routes.store(Arc::new(routes));
+    }
+
+    /// Serves `tls` to connections from now on; open sessions keep the certificate they
+    /// were accepted with.
+    pub fn set_tls(&self, tls: TlsServer) {
+        self.shared.tls.store(Some(Arc::new(tls)));
     }
 
     pub fn routes(&self) -> Arc<RouteTable> {

@@ -22,6 +22,8 @@ pub enum TlsError {
     NoCertificate(PathBuf),
     #[error("invalid PEM in {0}")]
     Pem(PathBuf),
+    #[error("the private key is not the one of the certificate in {0}")]
+    KeyMismatch(PathBuf),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("certificate generation failed: {0}")]
@@ -74,7 +76,11 @@ impl TlsServer {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+            .with_single_cert(chain, key)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch(label.to_owned()),
+                e => TlsError::Rustls(e),
+            })?;
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         config.enable_secret_extraction = true;
         Ok(TlsServer { config: Arc::new(config), channel_binding })
@@ -233,6 +239,16 @@ mod tests {
             panic!("rcgen certificates are ECDSA P-256 with SHA-256")
         };
         assert_eq!(hash.len(), 32);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_named_as_such() {
+        let (a, b) = (
+            LocalCa::generate(&["localhost".into()]).unwrap(),
+            LocalCa::generate(&["localhost".into()]).unwrap(),
+        );
+        let e = TlsServer::from_pem(a.server_cert_pem.as_bytes(), b.server_key_pem.as_bytes()).err().unwrap();
+        assert!(matches!(e, TlsError::KeyMismatch(_)), "{e}");
     }
 
     #[test]
