@@ -1,9 +1,12 @@
-//! `berth tunnel`: a local, unencrypted PostgreSQL endpoint for desktop tools. Each local
-//! client gets its own TLS connection to Berth's proxy (verified against Berth's CA) that
-//! logs in with the API key; the session runs as the project's owner role. Local clients may
-//! send any user name and password: the key is the credential. What goes wrong for one
-//! client (no key, a revoked key, Berth unreachable, garbage) is told to that client as a
-//! PostgreSQL error, and the tunnel stays up.
+//! `berth tunnel`: a local, unencrypted PostgreSQL endpoint for desktop tools. At start it
+//! says which API key it uses and asks the API whether that key may open sessions on the
+//! project (or branch); it is ready only if so. Each local client then gets its own TLS
+//! connection to Berth's proxy (verified against Berth's CA) that logs in with the key; the
+//! session runs as the project's owner role. Local clients may send any user name and
+//! password (the key is the credential), but only the tunnel's own database. What goes wrong
+//! for one client later (a revoked key, Berth unreachable, another database, garbage) is told
+//! to that client as a PostgreSQL error, and the tunnel stays up. The key itself is never
+//! printed: only the prefix Berth shows for it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,13 +20,12 @@ use clap::Args;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::task::TaskTracker;
 use wire::{ErrorResponse, SqlState, StartupMessage, StartupPacket};
 
-use crate::client::ClientOpts;
+use crate::client::{ClientOpts, KeySource};
 
 /// How long a local client may take to send its startup packet, and Berth to answer.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,7 +58,7 @@ pub struct TunnelArgs {
     opts: ClientOpts,
 }
 
-/// Where the project's sessions go: found through the API on first use, then kept.
+/// Where the project's sessions go: found through the API at start.
 #[derive(Debug, Clone)]
 struct Target {
     host: String,
@@ -66,9 +68,9 @@ struct Target {
 
 struct Tunnel {
     args: TunnelArgs,
-    key: Option<Secret>,
+    key: Secret,
     tls: TlsConnector,
-    target: Mutex<Option<Target>>,
+    target: Target,
 }
 
 /// A failure told to one local client.
@@ -81,15 +83,7 @@ impl ClientError {
 }
 
 pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
-    let key = match &args.api_key_file {
-        Some(path) => Some(Secret::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the API key from {}", path.display()))?
-                .trim()
-                .to_owned(),
-        )),
-        None => crate::client::api_key(&args.opts),
-    };
+    let key = api_key(&args)?;
     let ca = match &args.ca_file {
         Some(p) => p.clone(),
         None => crate::datadir::for_client(args.opts.data.clone()).join("ca.pem"),
@@ -102,13 +96,59 @@ pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
     let config = proxy::upstream_tls_config(proxy::SslMode::VerifyFull, Some(&ca))
         .map_err(|e| anyhow::anyhow!("loading {}: {e}", ca.display()))?
         .context("a TLS configuration")?;
+    let target = lookup(&args.opts, &key, &args.project, args.branch.as_deref(), args.pooled)
+        .context("the tunnel cannot start")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(Arc::new(Tunnel {
-        args,
-        key,
-        tls: TlsConnector::from(config),
-        target: Mutex::new(None),
-    })))
+    runtime.block_on(serve(Arc::new(Tunnel { args, key, tls: TlsConnector::from(config), target })))
+}
+
+/// The key from --api-key-file, else BERTH_API_KEY, else the admin key of a local `berth up`;
+/// says on stderr which one (by its shown prefix) and where it came from.
+fn api_key(args: &TunnelArgs) -> anyhow::Result<Secret> {
+    let (key, from) = match &args.api_key_file {
+        Some(path) => {
+            let key = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API key from {}", path.display()))?;
+            let key = Secret::new(key.trim());
+            let from = format!("using the API key from {} ({})", path.display(), shown(&key));
+            (key, from)
+        }
+        None => match crate::client::api_key_and_source(&args.opts) {
+            Some((key, KeySource::Env)) => {
+                let from = format!("using the API key from BERTH_API_KEY ({})", shown(&key));
+                (key, from)
+            }
+            Some((key, KeySource::AdminKeyFile(path))) => {
+                let from = format!(
+                    "BERTH_API_KEY is not set: using the organization's admin key from {} ({}), which \
+                     reaches every project; set BERTH_API_KEY or pass --api-key-file to use a project key",
+                    path.display(),
+                    shown(&key)
+                );
+                (key, from)
+            }
+            None => anyhow::bail!(
+                "no API key: set BERTH_API_KEY to a key with credentials:read, pass --api-key-file, or run on \
+                 the machine of `berth up` (with --data DIR) to use its admin key"
+            ),
+        },
+    };
+    eprintln!("{from}");
+    Ok(key)
+}
+
+/// How a key is named in messages: the prefix Berth itself shows for it (`berth_live_` and four
+/// characters, as in `GET /v1/keys`), never more. A string that is not a Berth key shows
+/// nothing of itself, since it may be some other secret pasted by mistake.
+fn shown(key: &Secret) -> String {
+    let key = key.expose();
+    const SHOWN: usize = catalog::KEY_PREFIX.len() + 4;
+    match key.get(..SHOWN) {
+        Some(prefix) if key.starts_with(catalog::KEY_PREFIX) && key.len() > SHOWN => {
+            format!("prefix {prefix}")
+        }
+        _ => format!("not a {}… key", catalog::KEY_PREFIX),
+    }
 }
 
 async fn serve(tunnel: Arc<Tunnel>) -> anyhow::Result<()> {
@@ -124,22 +164,14 @@ async fn serve(tunnel: Arc<Tunnel>) -> anyhow::Result<()> {
             args.host
         );
     }
-    if tunnel.key.is_none() {
-        eprintln!(
-            "warning: no API key (set BERTH_API_KEY or pass --api-key-file): every connection will be refused"
-        );
-    }
-    if let Err(e) = tunnel.target().await {
-        eprintln!("warning: {} (retried for each connection)", e.0.message().unwrap_or_default());
-    }
     // Installed before the banner, so a signal sent as soon as it is printed is not lost.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let database = tunnel.target.lock().await.as_ref().map(|t| t.database.clone());
-    let database = database.unwrap_or_else(|| args.project.clone());
+    let database = &tunnel.target.database;
     println!("Tunnel to {database} is ready.");
     println!("  hostname: {}", local.ip());
     println!("  port: {}", local.port());
+    println!("  database: {database}");
     println!("  username: <anything>");
     println!("  password: <none>");
     println!("  psql -h {} -p {} -U anyone {database}", local.ip(), local.port());
@@ -203,9 +235,7 @@ impl Tunnel {
             Some(StartupPacket::Startup(s)) => s,
             Some(StartupPacket::Cancel(c)) => {
                 // Forwarded to the proxy, which knows which session the key belongs to.
-                if let Ok(target) = self.target().await
-                    && let Ok(mut up) = self.connect(&target).await
-                {
+                if let Ok(mut up) = self.connect().await {
                     let mut out = BytesMut::new();
                     StartupPacket::Cancel(c).encode(&mut out);
                     let _ = up.write_all(&out).await;
@@ -215,43 +245,16 @@ impl Tunnel {
             }
             _ => return Ok(()),
         };
-        let key = self.key.as_ref().ok_or_else(|| {
-            ClientError::new(
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                "the tunnel has no API key: start it with BERTH_API_KEY set or --api-key-file",
-            )
-        })?;
-        let target = self.target().await?;
-        let mut up = self.connect(&target).await?;
-        let leftover = login(&mut up, local, &startup, &target, key).await?;
+        own_database(&startup, &self.target.database)?;
+        let mut up = self.connect().await?;
+        let leftover = login(&mut up, local, &startup, &self.target, &self.key).await?;
         local.write_all(&leftover).await.map_err(|_| lost())?;
         let _ = tokio::io::copy_bidirectional(local, &mut up).await;
         Ok(())
     }
 
-    /// The proxy address and database for this tunnel, asked of the API once it answers.
-    async fn target(&self) -> Result<Target, ClientError> {
-        let mut cached = self.target.lock().await;
-        if let Some(t) = cached.as_ref() {
-            return Ok(t.clone());
-        }
-        let Some(key) = self.key.clone() else {
-            return Err(ClientError::new(
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                "the tunnel has no API key: start it with BERTH_API_KEY set or --api-key-file",
-            ));
-        };
-        let (opts, project, branch, pooled) =
-            (self.args.opts.clone(), self.args.project.clone(), self.args.branch.clone(), self.args.pooled);
-        let found =
-            tokio::task::spawn_blocking(move || lookup(&opts, key, &project, branch.as_deref(), pooled))
-                .await
-                .map_err(|_| ClientError::new(SqlState::INTERNAL_ERROR, "the API lookup failed"))??;
-        *cached = Some(found.clone());
-        Ok(found)
-    }
-
-    async fn connect(&self, target: &Target) -> Result<TlsStream<TcpStream>, ClientError> {
+    async fn connect(&self) -> Result<TlsStream<TcpStream>, ClientError> {
+        let target = &self.target;
         let unreachable = |why: String| {
             ClientError::new(
                 SqlState::CONNECTION_FAILURE,
@@ -276,6 +279,20 @@ impl Tunnel {
             self.tls.connect(name, tcp).await.map_err(|e| unreachable(format!("TLS: {e}")))
         };
         tokio::time::timeout(STEP_TIMEOUT, connect).await.map_err(|_| unreachable("timed out".into()))?
+    }
+}
+
+/// The tunnel serves one database. A client asking for another is told it does not exist, in
+/// PostgreSQL's words, rather than reaching this one unawares. No database, an empty one, or
+/// the user name (what libpq sends when no database is given) counts as asking for this one.
+fn own_database(startup: &StartupMessage, own: &str) -> Result<(), ClientError> {
+    match startup.param("database") {
+        None | Some("") => Ok(()),
+        Some(wanted) if wanted == own || Some(wanted) == startup.user() => Ok(()),
+        Some(wanted) => Err(ClientError::new(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{wanted}\" does not exist"),
+        )),
     }
 }
 
@@ -400,34 +417,46 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Finds the proxy address and database name through the connection endpoint.
+/// Finds the proxy address and database name through the connection endpoint, which also
+/// tells whether the key may open sessions there: it needs `credentials:read` and sight of the
+/// project and branch, exactly what the proxy's API-key login asks of it.
 fn lookup(
     opts: &ClientOpts,
-    key: Secret,
+    key: &Secret,
     project: &str,
     branch: Option<&str>,
     pooled: bool,
-) -> Result<Target, ClientError> {
-    let refused = |m: String| ClientError::new(SqlState::INVALID_AUTHORIZATION_SPECIFICATION, m);
-    let api = crate::client::Api::with_key(opts, key)
-        .map_err(|e| ClientError::new(SqlState::CONNECTION_FAILURE, format!("{e:#}")))?;
+) -> anyhow::Result<Target> {
+    let api = crate::client::Api::with_key(opts, key.clone())?;
     let mut path = format!("/v1/projects/{project}/connection?pooled={pooled}");
     if let Some(b) = branch {
         path.push_str(&format!("&branch={b}"));
     }
-    let answer = api
-        .get_status(&path)
-        .map_err(|e| ClientError::new(SqlState::CONNECTION_FAILURE, format!("{e:#}")))?;
-    let json = match answer {
+    let json = match api.get_status(&path)? {
         Ok(json) => json,
-        Err((401, _)) => return Err(refused("the API key is invalid or revoked".into())),
-        Err((404, _)) => return Err(refused(format!("project {project:?} was not found with this API key"))),
-        Err((_, message)) => return Err(refused(message)),
+        Err((status, message)) => anyhow::bail!(refusal(key, project, branch, status, &message)),
     };
     let uri = json["connectionUri"].as_str().unwrap_or_default();
-    parse_target(uri).ok_or_else(|| {
-        ClientError::new(SqlState::INTERNAL_ERROR, "the API returned an unusable connection string")
-    })
+    // The string carries the owner's password: it is parsed, never shown.
+    parse_target(uri).context("the API returned an unusable connection string")
+}
+
+/// Why the API refused the key, in the tunnel's terms (statuses as in `control::auth`).
+fn refusal(key: &Secret, project: &str, branch: Option<&str>, status: u16, message: &str) -> String {
+    let key = shown(key);
+    match (status, branch) {
+        (401, _) => format!("the API key ({key}) is unknown or revoked (HTTP 401)"),
+        // The API's words name the missing scope.
+        (403, _) => format!("the API key ({key}) may not open sessions: {message}"),
+        (404, Some(b)) if message.starts_with("branch") => {
+            format!("project {project:?} has no branch {b:?} (HTTP 404)")
+        }
+        (404, _) => format!(
+            "project {project:?} was not found with the API key ({key}): it does not exist, or the key \
+             belongs to another project or organization (HTTP 404)"
+        ),
+        _ => format!("the API refused the API key ({key}): {message}"),
+    }
 }
 
 /// Host, port and database of `postgresql://user:password@host:port/database?…`.
@@ -457,5 +486,39 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port, t.database.as_str()), ("::1", 7, "db"));
         assert!(parse_target("mysql://x@h:1/db").is_none());
         assert!(parse_target("postgresql://x@h:1/").is_none());
+    }
+
+    fn startup(params: &[(&str, &str)]) -> StartupMessage {
+        let params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        StartupMessage { version: wire::ProtocolVersion::V3_0, params }
+    }
+
+    #[test]
+    fn only_the_tunnels_own_database_is_served() {
+        for ok in [
+            startup(&[("user", "anyone"), ("database", "shop.dev")]),
+            startup(&[("user", "anyone"), ("database", "anyone")]),
+            startup(&[("user", "anyone"), ("database", "")]),
+            startup(&[("user", "anyone")]),
+        ] {
+            assert!(own_database(&ok, "shop.dev").is_ok(), "{:?}", ok.params);
+        }
+        let Err(ClientError(e)) =
+            own_database(&startup(&[("user", "anyone"), ("database", "shop")]), "shop.dev")
+        else {
+            panic!("the parent's database is another database");
+        };
+        assert_eq!(e.code(), Some(SqlState::INVALID_CATALOG_NAME));
+        assert_eq!(e.severity(), Some("FATAL"));
+        assert_eq!(e.message(), Some("database \"shop\" does not exist"));
+    }
+
+    #[test]
+    fn keys_are_shown_by_their_prefix_only() {
+        let key = Secret::new("berth_live_GUwF0DxyipD8h8FeRxOAIFlT9b0z4uDK");
+        assert_eq!(shown(&key), "prefix berth_live_GUwF");
+        let pasted = Secret::new("hunter2-some-other-password");
+        assert!(!shown(&pasted).contains("hunter"), "{}", shown(&pasted));
+        assert!(!shown(&Secret::new("berth_live_GUwF")).contains("GUwF"), "a key that is all prefix");
     }
 }

@@ -34,14 +34,27 @@ fn read_file(path: &std::path::Path) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
+/// Where [`api_key_and_source`] found the key, for commands that say which key they use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The `BERTH_API_KEY` environment variable.
+    Env,
+    /// The admin key file a local `berth up` wrote (`<data>/admin.key`).
+    AdminKeyFile(PathBuf),
+}
+
 /// The API key from BERTH_API_KEY, else the admin key a local `berth up` wrote.
 pub fn api_key(opts: &ClientOpts) -> Option<Secret> {
-    let data = crate::datadir::for_client(opts.data.clone());
-    std::env::var("BERTH_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty())
-        .or_else(|| read_file(&data.join("admin.key")))
-        .map(Secret::new)
+    api_key_and_source(opts).map(|(key, _)| key)
+}
+
+/// [`api_key`], and where it came from.
+pub fn api_key_and_source(opts: &ClientOpts) -> Option<(Secret, KeySource)> {
+    if let Some(key) = std::env::var("BERTH_API_KEY").ok().filter(|k| !k.is_empty()) {
+        return Some((Secret::new(key), KeySource::Env));
+    }
+    let path = crate::datadir::for_client(opts.data.clone()).join("admin.key");
+    read_file(&path).map(|key| (Secret::new(key), KeySource::AdminKeyFile(path)))
 }
 
 impl Api {

@@ -17,7 +17,7 @@ pub use previews::{PreviewsArgs, previews};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-pub use api::{Api, ClientOpts, api_key};
+pub use api::{Api, ClientOpts, KeySource, api_key_and_source};
 use output::{Spinner, cell, table};
 
 #[derive(Args)]
