@@ -28,5 +28,9 @@ ensure_rust() {
 # and what the build needs (pg_query's build runs bindgen, which loads libclang and its
 # headers; without them `cargo build` stops with "Unable to find libclang"), and
 # ca-certificates for `berth trust` (update-ca-certificates) and its test.
+# Not ca-certificates: every machine that reaches crates.io has a CA bundle already, and
+# installing the package regenerates that bundle from Debian's list, dropping any CA the
+# machine's network needs (the fresh-machine check lost crates.io that way). `berth trust`
+# says to install it when update-ca-certificates is missing.
 BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev
-  libclang1-14 libclang-common-14-dev ca-certificates)
+  libclang1-14 libclang-common-14-dev)

@@ -68,7 +68,7 @@ pub fn run(args: TrustArgs) -> anyhow::Result<()> {
     }
     let out = Command::new(UPDATE)
         .output()
-        .with_context(|| format!("cannot run {UPDATE} (Debian's ca-certificates package)"))?;
+        .with_context(|| format!("cannot run {UPDATE}: install it with apt-get install ca-certificates"))?;
     anyhow::ensure!(
         out.status.success(),
         "{UPDATE} failed ({}): {}",
