@@ -7,21 +7,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, BytesMut};
 use common::{PASSWORD, eventually, stack, within};
-use proxy::routes::{Database, Role, Upstream, UpstreamAddr};
-use proxy::secret::Secret;
-use proxy::{Limits, PoolConfig, ProxySettings, RouteTable, SslMode};
+use proxy::{ProxySettings, RouteTable};
 use testkit::TestProxy;
 use testkit::raw::RawConn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wire::backend::{Authentication, BackendMessage, TransactionStatus};
-use wire::scram::ScramVerifier;
 
 const MIB: usize = 1 << 20;
 
@@ -107,30 +103,7 @@ async fn counting_upstream() -> (u16, Arc<AtomicUsize>) {
 async fn the_head_of_a_huge_query_reaches_the_server_before_its_tail_is_sent() {
     testkit::init_tracing();
     let (port, received) = counting_upstream().await;
-    let db = Database {
-        name: "app".into(),
-        upstream: Upstream {
-            addr: UpstreamAddr::Tcp { host: "127.0.0.1".into(), port },
-            dbname: "app".into(),
-            ssl_mode: SslMode::Disable,
-            ssl_root_cert: None,
-            tls: None,
-            trust: Default::default(),
-        },
-        roles: HashMap::from([(
-            "alice".to_owned(),
-            Role {
-                name: "alice".into(),
-                verifiers: vec![ScramVerifier::generate(PASSWORD)],
-                upstream_password: Some(Secret::new(PASSWORD)),
-            },
-        )]),
-        limits: Limits::default(),
-        pool: PoolConfig::default(),
-        api_key_access: None,
-        auth_query: None,
-        close_sessions_on_removal: false,
-    };
+    let db = common::route_to_port("app", port);
     let proxy = TestProxy::start(RouteTable::new([db]), ProxySettings::default()).await.unwrap();
     let mut c =
         within("login", RawConn::login(proxy.pooled_addr, proxy.client_tls(), "app", "alice", PASSWORD))

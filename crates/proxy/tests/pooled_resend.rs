@@ -7,20 +7,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use common::{PASSWORD, sqlstate, stack, within};
-use proxy::routes::{Database, Role, Upstream, UpstreamAddr};
-use proxy::secret::Secret;
-use proxy::{Limits, PoolConfig, ProxySettings, RouteTable, SslMode};
+use proxy::{ProxySettings, RouteTable};
 use testkit::TestProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wire::backend::{Authentication, BackendMessage, TransactionStatus};
-use wire::scram::ScramVerifier;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_that_ends_its_own_backend_is_tried_twice_at_most() {
@@ -96,30 +92,7 @@ async fn dropping_upstream() -> (u16, Arc<AtomicUsize>) {
 async fn a_request_the_server_took_and_dropped_is_not_sent_again() {
     testkit::init_tracing();
     let (port, requests) = dropping_upstream().await;
-    let db = Database {
-        name: "app".into(),
-        upstream: Upstream {
-            addr: UpstreamAddr::Tcp { host: "127.0.0.1".into(), port },
-            dbname: "app".into(),
-            ssl_mode: SslMode::Disable,
-            ssl_root_cert: None,
-            tls: None,
-            trust: Default::default(),
-        },
-        roles: HashMap::from([(
-            "alice".to_owned(),
-            Role {
-                name: "alice".into(),
-                verifiers: vec![ScramVerifier::generate(PASSWORD)],
-                upstream_password: Some(Secret::new(PASSWORD)),
-            },
-        )]),
-        limits: Limits::default(),
-        pool: PoolConfig::default(),
-        api_key_access: None,
-        auth_query: None,
-        close_sessions_on_removal: false,
-    };
+    let db = common::route_to_port("app", port);
     let proxy = TestProxy::start(RouteTable::new([db]), ProxySettings::default()).await.unwrap();
     let (c, _conn) = within("login", proxy.connect_pooled("app", "alice", PASSWORD)).await.unwrap();
     let e = within("the dropped request", c.simple_query("insert into t values (1)")).await.unwrap_err();

@@ -284,3 +284,33 @@ pub async fn wait_until_running(pg: &TestPg, query: &str) -> i32 {
     })
     .await
 }
+
+/// A route `name` to a stand-in upstream on 127.0.0.1:`port` (a test's own fake server),
+/// for alice with [`PASSWORD`], the upstream logging in without a password.
+pub fn route_to_port(name: &str, port: u16) -> proxy::Database {
+    use proxy::routes::{Role, Upstream, UpstreamAddr};
+    proxy::Database {
+        name: name.into(),
+        upstream: Upstream {
+            addr: UpstreamAddr::Tcp { host: "127.0.0.1".into(), port },
+            dbname: name.into(),
+            ssl_mode: proxy::SslMode::Disable,
+            ssl_root_cert: None,
+            tls: None,
+            trust: Default::default(),
+        },
+        roles: std::collections::HashMap::from([(
+            "alice".to_owned(),
+            Role {
+                name: "alice".into(),
+                verifiers: vec![wire::scram::ScramVerifier::generate(PASSWORD)],
+                upstream_password: Some(proxy::secret::Secret::new(PASSWORD)),
+            },
+        )]),
+        limits: Limits::default(),
+        pool: proxy::PoolConfig::default(),
+        api_key_access: None,
+        auth_query: None,
+        close_sessions_on_removal: false,
+    }
+}
