@@ -188,3 +188,11 @@ async fn openapi_document_is_served_without_a_key() {
     }
     assert!(doc["components"]["schemas"]["JobView"]["properties"]["preview_database_id"].is_object());
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_in_the_error_shape() {
+    let h = harness().await;
+    let big = format!(r#"{{"name": "big", "pad": "{}"}}"#, "x".repeat(3 << 20));
+    let (status, json) = h.post("/v1/projects", &big).await;
+    assert_eq!((status, error_code(&json)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"), "{json}");
+}

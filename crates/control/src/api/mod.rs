@@ -64,7 +64,30 @@ pub fn router(control: Arc<Control>) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
         })
+        .layer(axum::middleware::map_response(json_rejections))
         .with_state(control)
+}
+
+/// The largest request body read (axum's default for a buffered body).
+const BODY_LIMIT: usize = 2 << 20;
+
+/// Rejections axum answers before a handler runs (a body over the limit) come in the API's
+/// `{error}` shape like every other error, not as plain text.
+async fn json_rejections(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body exceeds the limit of {} MiB", BODY_LIMIT >> 20),
+        )
+        .into_response();
+    }
+    response
 }
 
 /// Parses a JSON body: malformed JSON is 400 `invalid_json`; well-formed JSON of the wrong
