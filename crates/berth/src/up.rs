@@ -61,6 +61,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Everything made from here on (keys, certificates, logs, what PostgreSQL's tools write)
     // is ours alone unless a directory is opened on purpose: files 0600, directories 0700.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    raise_descriptor_limit();
     let dir = prepare_data_dir(&crate::datadir::for_up(args.data.clone()))?;
     // The operator's certificate, checked before anything starts: a bad pair stops here.
     let own_certificate = match (&args.tls_cert, &args.tls_key) {
@@ -294,4 +295,19 @@ fn prepare_data_dir(data: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// Every client holds a descriptor, and so does every server connection: the soft limit a
+/// shell hands out (often 1024) would refuse connections long before the proxy is busy.
+/// The soft limit goes up to the hard one, as PgBouncer's docs tell its operators to do.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "descriptor limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "descriptor limit could not be raised"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "descriptor limit unknown"),
+    }
 }
