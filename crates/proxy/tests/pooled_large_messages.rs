@@ -15,9 +15,7 @@ use common::{PASSWORD, eventually, stack, within};
 use proxy::{ProxySettings, RouteTable};
 use testkit::TestProxy;
 use testkit::raw::RawConn;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use wire::backend::{Authentication, BackendMessage, TransactionStatus};
+use tokio::io::AsyncReadExt;
 
 const MIB: usize = 1 << 20;
 
@@ -55,47 +53,31 @@ async fn messages_of_tens_of_mib_work_on_the_pooled_port() {
     assert_eq!(n, 5);
 }
 
-/// An upstream that logs anyone in and answers settings, then counts the bytes of the next
-/// request without answering it.
+/// An upstream that answers settings, then counts the bytes of the next request without
+/// answering it.
 async fn counting_upstream() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let received = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&received);
-    tokio::spawn(async move {
-        for pid in 1..50 {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1 << 16];
-                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+    let port = common::fake_upstream(move |mut sock| {
+        let counted = Arc::clone(&counted);
+        async move {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
                     return;
                 }
-                let mut out = BytesMut::new();
-                BackendMessage::Authentication(Authentication::Ok).encode(&mut out);
-                BackendMessage::BackendKeyData { pid, secret: 7 }.encode(&mut out);
-                BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
-                if sock.write_all(&out).await.is_err() {
-                    return;
-                }
-                loop {
-                    let n = sock.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
+                if buf[0] == b'Q' && n < 1024 && !buf[..n].windows(6).any(|w| w == b"select") {
+                    if common::answer_setting(&mut sock).await.is_err() {
                         return;
                     }
-                    if buf[0] == b'Q' && n < 1024 && !buf[..n].windows(6).any(|w| w == b"select") {
-                        // A setting the proxy applies: answered.
-                        let mut out = BytesMut::new();
-                        BackendMessage::CommandComplete { tag: "SET".into() }.encode(&mut out);
-                        BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
-                        let _ = sock.write_all(&out).await;
-                        continue;
-                    }
-                    counted.fetch_add(n, Ordering::SeqCst);
+                    continue;
                 }
-            });
+                counted.fetch_add(n, Ordering::SeqCst);
+            }
         }
-    });
+    })
+    .await;
     (port, received)
 }
 

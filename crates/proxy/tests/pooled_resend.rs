@@ -10,13 +10,10 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::BytesMut;
 use common::{PASSWORD, sqlstate, stack, within};
 use proxy::{ProxySettings, RouteTable};
 use testkit::TestProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use wire::backend::{Authentication, BackendMessage, TransactionStatus};
+use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_that_ends_its_own_backend_is_tried_twice_at_most() {
@@ -38,53 +35,31 @@ async fn a_statement_that_ends_its_own_backend_is_tried_twice_at_most() {
     assert!((1..=2).contains(&runs), "the statement ran {runs} times");
 }
 
-/// An upstream that logs anyone in and answers settings, then drops the connection on an
-/// insert without answering, as a server that crashed mid-statement does. Counts inserts.
+/// An upstream that answers settings, then drops the connection on an insert without
+/// answering, as a server that crashed mid-statement does. Counts inserts.
 async fn dropping_upstream() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let requests = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&requests);
-    tokio::spawn(async move {
-        for pid in 1..200 {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1 << 16];
-                // The StartupMessage.
-                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+    let port = common::fake_upstream(move |mut sock| {
+        let counted = Arc::clone(&counted);
+        async move {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
                     return;
                 }
-                let mut out = BytesMut::new();
-                BackendMessage::Authentication(Authentication::Ok).encode(&mut out);
-                BackendMessage::ParameterStatus { name: "server_version".into(), value: "15.0".into() }
-                    .encode(&mut out);
-                BackendMessage::BackendKeyData { pid, secret: 7 }.encode(&mut out);
-                BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
-                if sock.write_all(&out).await.is_err() {
+                if buf[..n].windows(6).any(|w| w == b"insert") {
+                    counted.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
-                // Settings the proxy applies are answered; the client's insert is counted,
-                // and the connection ends unanswered.
-                loop {
-                    let n = sock.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    if buf[..n].windows(6).any(|w| w == b"insert") {
-                        counted.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    let mut out = BytesMut::new();
-                    BackendMessage::CommandComplete { tag: "SET".into() }.encode(&mut out);
-                    BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
-                    if sock.write_all(&out).await.is_err() {
-                        return;
-                    }
+                if common::answer_setting(&mut sock).await.is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (port, requests)
 }
 

@@ -314,3 +314,48 @@ pub fn route_to_port(name: &str, port: u16) -> proxy::Database {
         close_sessions_on_removal: false,
     }
 }
+
+/// A stand-in upstream on 127.0.0.1 that logs anyone in without a password and then hands
+/// each connection to `serve` (which sees what the proxy sends after the login). Its port.
+pub async fn fake_upstream<F, Fut>(serve: F) -> u16
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use wire::backend::{Authentication, BackendMessage, TransactionStatus};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        for pid in 1..200 {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let serve = Arc::clone(&serve);
+            tokio::spawn(async move {
+                // The StartupMessage.
+                let mut buf = [0u8; 4096];
+                if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut out = BytesMut::new();
+                BackendMessage::Authentication(Authentication::Ok).encode(&mut out);
+                BackendMessage::ParameterStatus { name: "server_version".into(), value: "15.0".into() }
+                    .encode(&mut out);
+                BackendMessage::BackendKeyData { pid, secret: 7 }.encode(&mut out);
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
+                if sock.write_all(&out).await.is_ok() {
+                    serve(sock).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Answers a setting the proxy applies (a small Query) as a fake upstream would.
+pub async fn answer_setting(sock: &mut TcpStream) -> std::io::Result<()> {
+    use wire::backend::{BackendMessage, TransactionStatus};
+    let mut out = BytesMut::new();
+    BackendMessage::CommandComplete { tag: "SET".into() }.encode(&mut out);
+    BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
+    sock.write_all(&out).await
+}
