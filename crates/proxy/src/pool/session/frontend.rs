@@ -167,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                     Some(rest) if rest <= BIND_NAMES_MAX => {
                         let head = self.client.rbuf.split_to(HEADER_LEN + rest);
                         keep_for_replay(a, &head);
-                        self.on_bind_head(&head, len - rest);
+                        self.on_bind(&head, len - rest);
                         self.c_remaining = len - rest;
                         self.c_discard = false;
                         return Ok(true);
@@ -207,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 self.pool.stats.queries.fetch_add(1, Ordering::Relaxed);
             }
             b'P' => self.on_parse(frame),
-            b'B' => self.on_bind(frame),
+            b'B' => self.on_bind(frame, 0),
             b'D' => {
                 let kind = body.first().copied().unwrap_or(0);
                 let name = cstr(body, 1).map(|(n, _)| n).unwrap_or_default();
@@ -324,17 +324,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         }
     }
 
-    fn on_bind(&mut self, frame: &[u8]) {
-        self.bind(frame, 0);
-    }
-
-    /// A Bind whose names (and only those) are in `head`; `streamed` more bytes of it follow.
-    fn on_bind_head(&mut self, head: &[u8], streamed: usize) {
-        self.bind(head, streamed);
-    }
-
-    /// A Bind from its start (`frame`, the rest of it `streamed` bytes still to come).
-    fn bind(&mut self, frame: &[u8], streamed: usize) {
+    /// A Bind from its start (`frame`; `streamed` more bytes of it still to come, when it is
+    /// large and only its names were read).
+    fn on_bind(&mut self, frame: &[u8], streamed: usize) {
         let body = &frame[HEADER_LEN..];
         let names =
             cstr(body, 0).and_then(|(portal, at)| cstr(body, at).map(|(stmt, rest)| (portal, stmt, rest)));
