@@ -83,7 +83,8 @@ install_python() {
     env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null \
       "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
       --index-url https://pypi.org/simple --no-deps --only-binary=:all: -r "$SRC/requirements.txt" >&2
-    "$dir/bin/python" -m pip check >&2
+    local broken
+    broken=$("$dir/bin/python" -m pip check) || { say "$broken"; exit 1; }
     touch "$dir/.complete"
   ) 9>"$CACHE/.python.lock"
   PYTHON=$dir/bin/python
@@ -183,10 +184,11 @@ run_case() {
   password=${password%%@*}
   (
     cd "$CMD_DIR"
+    # Exported, not env(1) arguments: a command line is readable by every user (ps).
+    export BERTH_CLIENT_URL=$CASE_URL BERTH_CLIENT_PORT=$port BERTH_CLIENT_CASE=$label \
+      BERTH_CLIENT_DEADLINE_SECONDS=$DEADLINE_SECONDS
     exec env -u NODE_EXTRA_CA_CERTS -u PGSSLROOTCERT -u PGSSLMODE -u PGHOST -u PGPORT -u PGUSER \
-      -u PGPASSWORD -u PGDATABASE -u PGSERVICE -u DATABASE_URL \
-      BERTH_CLIENT_URL="$CASE_URL" BERTH_CLIENT_PORT="$port" BERTH_CLIENT_CASE="$label" \
-      BERTH_CLIENT_DEADLINE_SECONDS="$DEADLINE_SECONDS" "${CASE_ENV[@]}" \
+      -u PGPASSWORD -u PGDATABASE -u PGSERVICE -u DATABASE_URL "${CASE_ENV[@]}" \
       timeout -k 5 $((DEADLINE_SECONDS + 30)) "${CMD[@]}"
   ) >"$RUN/case.out" 2>&1 || status=$?
   CASE_OUTPUT=$(<"$RUN/case.out")
@@ -250,9 +252,11 @@ main() {
   start_berth "$LOCAL"
   berth_cli "$LOCAL" projects create clients >/dev/null
   curl -fsS "$(cat "$RUN/$LOCAL.data/api.url")/v1/tls/ca.pem" -o "$RUN/berth-ca.pem"
-  local direct waited=0
-  direct=$(berth_cli "$LOCAL" connection clients)
-  until psql "$direct" -XAtqc 'select 1' >/dev/null 2>&1; do
+  # Routes follow the catalog a moment after the project is ready. (The string goes in the
+  # environment, not on a command line.)
+  local waited=0
+  until BERTH_CLIENT_URL=$(berth_cli "$LOCAL" connection clients) "$PYTHON" -c \
+    'import os, psycopg2; psycopg2.connect(os.environ["BERTH_CLIENT_URL"]).close()' 2>/dev/null; do
     [ "$waited" -lt 150 ] || { say "project clients is not served"; exit 1; }
     sleep 0.2
     waited=$((waited + 1))
