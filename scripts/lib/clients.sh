@@ -67,11 +67,16 @@ install_node() {
   NODE_DIR=$dir
 }
 
+# pip itself, from PyPI at an exact version, run from its wheel: a venv made with pip needs
+# Debian's python3-venv, which depends on ca-certificates (see BERTH_PACKAGES).
+PIP_WHEEL_URL=https://files.pythonhosted.org/packages/07/25/ee8c38ae72d66b844ce8eb9711ba905dba21ca1a8a0c960057c41cd23337/pip-26.3-py3-none-any.whl
+PIP_WHEEL_SHA256=f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13
+
 # A virtualenv with requirements.txt in $CACHE/python-<hash>, from PyPI itself: this
 # machine's pip configuration (find-links, another index) must not stand in for it.
 install_python() {
   local key dir
-  key=$(hash_of "$SRC/requirements.txt" <(python3 -VV; command -v python3))
+  key=$(hash_of "$SRC/requirements.txt" <(python3 -VV; command -v python3; echo "$PIP_WHEEL_SHA256"))
   dir=$CACHE/python-$key
   mkdir -p "$CACHE"
   (
@@ -79,12 +84,17 @@ install_python() {
     [ -e "$dir/.complete" ] && exit 0
     say "installing the Python clients into $dir"
     rm -rf "$dir"
-    python3 -m venv "$dir"
-    env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null \
-      "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
-      --index-url https://pypi.org/simple --no-deps --only-binary=:all: -r "$SRC/requirements.txt" >&2
-    local broken
-    broken=$("$dir/bin/python" -m pip check) || { say "$broken"; exit 1; }
+    python3 -m venv --without-pip "$dir"
+    local wheel=$dir/${PIP_WHEEL_URL##*/} broken
+    curl -fsSL --retry 3 -o "$wheel" "$PIP_WHEEL_URL"
+    sha256sum --quiet -c <<<"$PIP_WHEEL_SHA256  $wheel"
+    pip() {
+      env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null \
+        "$dir/bin/python" "$wheel/pip" --disable-pip-version-check "$@"
+    }
+    pip install --quiet --index-url https://pypi.org/simple --no-deps --only-binary=:all: \
+      -r "$SRC/requirements.txt" >&2
+    broken=$(pip check) || { say "$broken"; exit 1; }
     touch "$dir/.complete"
   ) 9>"$CACHE/.python.lock"
   PYTHON=$dir/bin/python

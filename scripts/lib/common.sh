@@ -32,10 +32,11 @@ ensure_rust() {
 # installing the package regenerates that bundle from Debian's list, dropping any CA the
 # machine's network needs (the fresh-machine check lost crates.io that way). `berth trust`
 # says to install it when update-ca-certificates is missing.
-# The client stage of scripts/test (scripts/lib/clients.sh) adds python3-venv (Debian's
-# python3 has no venv without it), and curl and openssl, which minimal images lack.
+# The client stage of scripts/test (scripts/lib/clients.sh) adds python3, curl and openssl,
+# which minimal images lack; not python3-venv or python3-pip, which depend on
+# ca-certificates (the stage makes its venv --without-pip and runs pip from its wheel).
 BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev
-  libclang1-14 libclang-common-14-dev python3 python3-venv curl openssl)
+  libclang1-14 libclang-common-14-dev python3 curl openssl)
 
 # Node and npm for the client stage, looked for by command rather than by package: Node
 # from NodeSource bundles npm and conflicts with Debian's npm package.
