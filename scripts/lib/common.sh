@@ -38,9 +38,10 @@ ensure_rust() {
 BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev
   libclang1-14 libclang-common-14-dev python3 curl openssl)
 
-# Node and npm for the client stage, looked for by command rather than by package: Node
-# from NodeSource bundles npm and conflicts with Debian's npm package.
+# Node and npm for the client stage, looked for and not installed: Debian's nodejs and npm
+# depend on ca-certificates (above), and Node from NodeSource bundles npm.
 ensure_node() {
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && return 0
-  ensure_packages nodejs npm
+  echo "node and npm not found: install Node.js 20 or newer (with npm) for the client tests" >&2
+  exit 1
 }
