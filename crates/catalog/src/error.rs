@@ -14,6 +14,8 @@ pub enum CatalogError {
     Decrypt,
     #[error("master key file {path}: {message}")]
     MasterKey { path: std::path::PathBuf, message: String },
+    #[error("the new admin key could not be kept: {0}")]
+    KeepAdminKey(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl CatalogError {

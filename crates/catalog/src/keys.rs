@@ -101,27 +101,7 @@ const KEY_COLUMNS: &str =
 impl Catalog {
     /// Creates a key and returns it with its one-time plaintext.
     pub async fn create_api_key(&self, new: &NewApiKey) -> Result<(ApiKey, Secret), CatalogError> {
-        let random: String = rand::thread_rng()
-            .sample_iter(&rand::distributions::Alphanumeric)
-            .take(KEY_RANDOM_LEN)
-            .map(char::from)
-            .collect();
-        let plaintext = format!("{KEY_PREFIX}{random}");
-        let scopes: Vec<&str> = new.scopes.iter().map(|s| s.as_str()).collect();
-        let key = sqlx::query_as(&format!(
-            "INSERT INTO api_keys (id, organization_id, project_id, name, scopes, key_hash, key_prefix) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
-        ))
-        .bind(ids::generate(ids::API_KEY))
-        .bind(&new.organization_id)
-        .bind(&new.project_id)
-        .bind(&new.name)
-        .bind(&scopes)
-        .bind(hash(&plaintext))
-        .bind(&plaintext[..SHOWN_PREFIX_LEN])
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((key, Secret::new(plaintext)))
+        insert_api_key(&self.pool, new).await
     }
 
     /// The live (not revoked) key whose plaintext is `presented`, if any.
@@ -203,4 +183,32 @@ impl Catalog {
         .fetch_optional(&self.pool)
         .await?)
     }
+}
+
+/// Inserts a key with `executor` (the pool, or a transaction) and returns its plaintext.
+pub(crate) async fn insert_api_key<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    new: &NewApiKey,
+) -> Result<(ApiKey, Secret), CatalogError> {
+    let random: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(KEY_RANDOM_LEN)
+        .map(char::from)
+        .collect();
+    let plaintext = format!("{KEY_PREFIX}{random}");
+    let scopes: Vec<&str> = new.scopes.iter().map(|s| s.as_str()).collect();
+    let key = sqlx::query_as(&format!(
+        "INSERT INTO api_keys (id, organization_id, project_id, name, scopes, key_hash, key_prefix) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
+    ))
+    .bind(ids::generate(ids::API_KEY))
+    .bind(&new.organization_id)
+    .bind(&new.project_id)
+    .bind(&new.name)
+    .bind(&scopes)
+    .bind(hash(&plaintext))
+    .bind(&plaintext[..SHOWN_PREFIX_LEN])
+    .fetch_one(executor)
+    .await?;
+    Ok((key, Secret::new(plaintext)))
 }

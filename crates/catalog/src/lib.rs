@@ -31,7 +31,7 @@ pub use idempotency::{Idempotency, IdempotencyScope, StoredResponse};
 pub use jobs::state as job_state;
 pub use jobs::{Failure, Fenced, Job, NewJob, RetryClassification};
 pub use keys::{ApiKey, KEY_PREFIX, NewApiKey, Scope};
-pub use orgs::Organization;
+pub use orgs::{FirstOrganization, Organization};
 pub use page::Page;
 pub use projects::state as project_state;
 pub use projects::{
