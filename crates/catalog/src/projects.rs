@@ -352,6 +352,20 @@ impl Catalog {
         Ok(())
     }
 
+    /// Abandons a rotation that failed for good: the next password and verifier are dropped,
+    /// so only the current one stays valid. A rotation already in its grace period finished
+    /// and is left alone. Returns whether there was one to abandon.
+    pub async fn abandon_rotation(&self, role_id: &str) -> Result<bool, CatalogError> {
+        let done = sqlx::query(
+            "UPDATE roles SET next_password_ciphertext = NULL, next_verifier = NULL \
+             WHERE id = $1 AND next_verifier IS NOT NULL AND grace_until IS NULL",
+        )
+        .bind(role_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Ends a rotation after `grace`: both verifiers stay valid until then (zero ends it now).
     pub async fn finish_rotation_after(
         &self,

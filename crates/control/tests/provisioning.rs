@@ -285,3 +285,89 @@ async fn a_rotation_with_grace_keeps_both_passwords_until_the_grace_is_over() {
         (next.as_str(), true, true)
     );
 }
+
+/// The verifier stored for `role` on a branch's instance.
+async fn stored_verifier(h: &common::Harness, branch_id: &str, role: &str) -> String {
+    let (su, conn) = tokio_postgres::Config::new()
+        .host_path(h.control.instances.socket_dir(branch_id))
+        .port(h.control.instances.port())
+        .user("postgres")
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    su.query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&role]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_that_fails_for_good_retires_its_new_password() {
+    let h = harness().await;
+    tokio::task::block_in_place(|| h.control.instances.ensure_template()).unwrap();
+    let (project, job_id) = h.create_project("shop").await;
+    h.drain_jobs().await;
+    let main = h.job(&job_id).await.cluster_id.unwrap();
+    // Rotations alter the branches in id order: one that sorts after main is stopped, so the
+    // job reaches main, then fails on it, attempt after attempt.
+    let mut stopped = None;
+    for n in 0..8 {
+        let (status, created) = h.post("/v1/projects/shop/branches", &format!(r#"{{"name":"b{n}"}}"#)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        h.drain_jobs().await;
+        let id = created["branch"]["id"].as_str().unwrap().to_owned();
+        let order: Vec<String> =
+            h.control.catalog.branches(&project).await.unwrap().into_iter().map(|b| b.id).collect();
+        let at = |id: &str| order.iter().position(|b| b == id).unwrap();
+        if at(&id) > at(&main) {
+            stopped = Some(id);
+            break;
+        }
+    }
+    let stopped = stopped.expect("no branch id sorted after main's in 8 tries");
+    tokio::task::block_in_place(|| h.control.instances.stop(&stopped)).unwrap();
+    let old_verifier = h.control.catalog.roles(&project).await.unwrap()[0].verifier.clone();
+    let (_, before) = h.get("/v1/projects/shop/connection").await;
+
+    let (status, body) = h.post("/v1/projects/shop/credentials/rotate", "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let rotation = body["job"]["id"].as_str().unwrap().to_owned();
+    let worker = Worker::new(Arc::clone(&h.control), "test-worker");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Step by step: after the first attempt the new verifier is on main's instance and
+    // published beside the old one, which is what the failure must undo.
+    assert!(worker.step().await.unwrap());
+    let role = h.control.catalog.roles(&project).await.unwrap().remove(0);
+    let next = role.next_verifier.clone().expect("the first attempt published the new verifier");
+    assert_eq!(stored_verifier(&h, &main, "shop_owner").await, next, "the first attempt did not reach main");
+    while h.job(&rotation).await.state != "failed" {
+        assert!(tokio::time::Instant::now() < deadline, "the rotation did not fail for good");
+        if !worker.step().await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let role = h.control.catalog.roles(&project).await.unwrap().remove(0);
+    assert_eq!(
+        (role.verifier.as_str(), role.next_verifier.as_deref(), role.grace_until),
+        (old_verifier.as_str(), None, None),
+        "the new password stays valid after the rotation failed"
+    );
+    assert_eq!(
+        stored_verifier(&h, &main, "shop_owner").await,
+        old_verifier,
+        "main kept the abandoned password"
+    );
+    let (_, after) = h.get("/v1/projects/shop/connection").await;
+    assert_eq!(after["connectionUri"], before["connectionUri"]);
+
+    // With the branch back, a new rotation goes through.
+    tokio::task::block_in_place(|| h.control.instances.start(&stopped)).unwrap();
+    let (status, body) = h.post("/v1/projects/shop/credentials/rotate", "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let again = body["job"]["id"].as_str().unwrap().to_owned();
+    h.drain_jobs().await;
+    assert_eq!(h.job(&again).await.state, "succeeded");
+    let role = h.control.catalog.roles(&project).await.unwrap().remove(0);
+    assert_ne!(role.verifier, old_verifier);
+    assert_eq!(stored_verifier(&h, &stopped, "shop_owner").await, role.verifier);
+}

@@ -111,6 +111,7 @@ pub async fn after_failure(control: &Control, job: &Job) {
         PROVISION_PROJECT => provision::after_failure(control, job).await,
         CREATE_BRANCH | CREATE_PREVIEW => branch::after_create_failure(control, job).await,
         RESET_BRANCH => branch::after_reset_failure(control, job).await,
+        ROTATE_CREDENTIALS => rotate::after_failure(control, job).await,
         _ => {}
     }
 }
