@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
-use catalog::{Catalog, NewApiKey, Scope, Secret};
+use catalog::{Catalog, Secret};
 
 pub struct Bootstrap {
     pub organization_id: String,
@@ -18,17 +18,22 @@ pub async fn run(catalog: &Catalog, data: &Path) -> anyhow::Result<Bootstrap> {
     if let Some(org) = catalog.first_organization().await? {
         return Ok(Bootstrap { organization_id: org.id, new_admin_key: None });
     }
-    let org = catalog.create_organization("default").await?;
-    let new = NewApiKey {
-        organization_id: org.id.clone(),
-        project_id: None,
-        name: "admin".into(),
-        scopes: Scope::ALL.to_vec(),
-    };
-    let (key, token) = catalog.create_api_key(&new).await?;
-    write_private(&data.join("admin.key"), token.expose())?;
-    tracing::info!(organization_id = %org.id, key_id = %key.id, "created the organization and its admin key");
-    Ok(Bootstrap { organization_id: org.id, new_admin_key: Some(token) })
+    // The key file is written before the organization and key are committed: a start cut
+    // short leaves a stale file and no organization, and the next start replaces both.
+    let key_file = data.join("admin.key");
+    let keep = |token: &Secret| write_private(&key_file, token.expose()).map_err(|e| format!("{e:#}").into());
+    match catalog.create_first_organization("default", keep).await? {
+        Some(first) => {
+            tracing::info!(organization_id = %first.organization.id, key_id = %first.key.id,
+                "created the organization and its admin key");
+            Ok(Bootstrap { organization_id: first.organization.id, new_admin_key: Some(first.token) })
+        }
+        // Another start made it meanwhile.
+        None => {
+            let org = catalog.first_organization().await?.context("the organization vanished")?;
+            Ok(Bootstrap { organization_id: org.id, new_admin_key: None })
+        }
+    }
 }
 
 /// Writes `contents` to a new 0600 file, replacing any earlier one.

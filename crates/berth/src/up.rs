@@ -181,6 +181,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let api_url = format!("http://{api_addr}");
     crate::bootstrap::write_private(&dir.join("api.url"), &api_url)?;
     print_banner(&dir, &api_url, pooled_addr, direct_addr, watched.as_ref(), boot.new_admin_key.as_ref());
+    if !api_addr.ip().is_loopback() {
+        tracing::warn!(api = %api_url, "{}", PLAIN_API_WARNING);
+    }
     tracing::info!(api = %api_url, pooled = %pooled_addr, direct = %direct_addr, organization_id = %boot.organization_id, "berth is up");
 
     let signal = crate::signals::terminate().await?;
@@ -237,6 +240,18 @@ fn worker_name() -> String {
     format!("{}:{}", host.trim(), std::process::id())
 }
 
+/// Said at start when the API listens beyond loopback: it speaks plain HTTP, so bearer keys
+/// would cross the network readable by anyone on the path.
+const PLAIN_API_WARNING: &str = "the API listens beyond loopback over plain HTTP, so API keys cross the \
+    network unencrypted; keep --api-listen on 127.0.0.1 or put a TLS-terminating proxy in front of it";
+
+fn api_url_is_loopback(api_url: &str) -> bool {
+    api_url
+        .strip_prefix("http://")
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .is_some_and(|a| a.ip().is_loopback())
+}
+
 fn print_banner(
     dir: &Path,
     api_url: &str,
@@ -257,6 +272,10 @@ fn print_banner(
         None => println!("  CA certificate: {data}/ca.pem   (sslmode=verify-full&sslrootcert=...)"),
     }
     println!("  admin API key:  {data}/admin.key");
+    if !api_url_is_loopback(api_url) {
+        println!();
+        println!("  Warning: {PLAIN_API_WARNING}");
+    }
     if let Some(key) = new_key {
         println!();
         println!("  Your admin API key (shown once, kept in admin.key): {}", key.expose());

@@ -48,10 +48,15 @@ pub fn berth_up(data: &Path, ports: Ports) -> Up {
 
 /// `berth up` with more flags (operator settings).
 pub fn berth_up_with(data: &Path, ports: Ports, flags: &[&str]) -> Up {
+    let api = if flags.contains(&"--api-listen") {
+        Vec::new()
+    } else {
+        vec!["--api-listen".to_owned(), format!("127.0.0.1:{}", ports.api)]
+    };
     let mut child = Command::new(BERTH)
         .args(["up", "--data"])
         .arg(data)
-        .args(["--api-listen", &format!("127.0.0.1:{}", ports.api)])
+        .args(api)
         .args(["--pooled-listen", &format!("127.0.0.1:{}", ports.pooled)])
         .args(["--direct-listen", &format!("127.0.0.1:{}", ports.direct)])
         .args(flags)
