@@ -287,7 +287,7 @@ fn print_banner(
 }
 
 /// A directory PostgreSQL must pass through: ours alone, and enterable (never readable) by
-/// the `postgres` user when we are root (see `node::make_passable_dir`).
+/// the instances' OS users when we are root (see `node::make_passable_dir`).
 pub(crate) fn traversable(path: &Path) -> anyhow::Result<()> {
     node::make_passable_dir(path).with_context(|| format!("cannot prepare {}", path.display()))
 }
@@ -305,7 +305,7 @@ fn prepare_data_dir(data: &Path) -> anyhow::Result<PathBuf> {
             let mode = std::fs::metadata(parent)?.permissions().mode();
             if mode & 0o001 == 0 {
                 anyhow::bail!(
-                    "PostgreSQL runs as the postgres user, which cannot enter {} (mode {:o}); \
+                    "PostgreSQL runs as an unprivileged user of its own, which cannot enter {} (mode {:o}); \
                      choose a --data directory elsewhere (for example under /var/lib/berth)",
                     parent.display(),
                     mode & 0o777

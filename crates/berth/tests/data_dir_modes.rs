@@ -1,6 +1,6 @@
 //! `berth up`'s data directory is Berth's alone: the admin and master keys, the catalog,
 //! every instance and its log (which holds tenants' SQL) are open to no other user. Only the
-//! `postgres` user may pass through, when Berth runs as root, through directories that give
+//! instances' OS users may pass through, when Berth runs as root, through directories that give
 //! it nothing to read.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -54,7 +54,7 @@ fn up_leaves_nothing_under_its_data_directory_open_to_others() {
     assert!(admin_key.trim().starts_with("berth_live_"));
 
     let root = nix::unistd::geteuid().is_root();
-    let postgres_gid = node::InstanceUser::current().expect("instance user").gid;
+    let postgres_gid = node::instance_gid().expect("the instances' group");
     let paths = tree(data.path());
     assert!(paths.len() > 100, "walked only {} paths", paths.len());
     for (path, mode, gid) in paths {

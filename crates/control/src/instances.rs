@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use node::{InitOptions, Instance, NodeError, PgBinaries, Status, make_passable_dir};
+use node::{
+    InitOptions, Instance, InstanceUser, NodeError, PgBinaries, Status, make_passable_dir, remove_root,
+};
 
 /// The database the template carries; provisioning renames it to the project's name, which
 /// is instant where `CREATE DATABASE` would copy and sync a whole database.
@@ -42,6 +44,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Instances {
     pub fn new(bins: PgBinaries, data_dir: &Path, init: InitOptions) -> Instances {
+        // Instance users whose directories are gone (a data directory deleted, a crash
+        // between an instance's files and its user) go before new ones are made.
+        if let Err(e) = node::sweep_orphan_users() {
+            tracing::warn!(error = %e, "could not sweep orphaned instance users");
+        }
         Instances {
             bins,
             dir: data_dir.join("instances"),
@@ -76,10 +83,7 @@ impl Instances {
         if root.join("data").join("PG_VERSION").exists() {
             Instance::open(&self.bins, root)?.stop()?;
         }
-        if root.exists() {
-            std::fs::remove_dir_all(root).map_err(|e| io_error(root, e))?;
-        }
-        Ok(())
+        remove_root(root)
     }
 
     /// Copies the template into `root` (which must not exist), ready to start.
@@ -129,9 +133,7 @@ impl Instances {
                     // The new instance serves; the old files are garbage, but left under the
                     // set-aside name they would be put back by the next start or reset.
                     tracing::warn!(branch_id, error = %e, "could not delete a reset branch's old data");
-                    if let Err(e) = std::fs::remove_dir_all(&previous)
-                        && e.kind() != std::io::ErrorKind::NotFound
-                    {
+                    if let Err(e) = remove_root(&previous) {
                         tracing::error!(branch_id, path = %previous.display(), error = %e,
                             "a reset branch's old data is left where it would be put back");
                     }
@@ -196,12 +198,17 @@ impl Instances {
         let discarded = self.discarded_root(branch_id);
         self.clear(&discarded)?;
         rename(dir, &discarded)?;
-        std::fs::remove_dir_all(&discarded).map_err(|e| io_error(&discarded, e))
+        remove_root(&discarded)
     }
 
     /// Where the branch's postmaster puts its socket (node's layout: `<root>/socket`).
     pub fn socket_dir(&self, branch_id: &str) -> PathBuf {
         self.root(branch_id).join("socket")
+    }
+
+    /// The OS user the instance at `root` runs as (and its client programs with it).
+    pub fn os_user(&self, root: &Path) -> Result<InstanceUser, NodeError> {
+        InstanceUser::for_root(root)
     }
 
     pub fn port(&self) -> u16 {
@@ -219,9 +226,7 @@ impl Instances {
             return Ok(());
         }
         let build = self.template.with_extension("building");
-        if build.exists() {
-            std::fs::remove_dir_all(&build).map_err(|e| io_error(&build, e))?;
-        }
+        remove_root(&build)?;
         make_passable_dir(&build)?;
         tracing::info!(template = %self.template.display(), "creating the instance template (once)");
         let mut instance = Instance::init(&self.bins, &build, &self.init)?;
@@ -229,7 +234,8 @@ impl Instances {
         let created = run_psql(&instance, &format!("CREATE DATABASE {TEMPLATE_DATABASE}"));
         instance.stop()?;
         created?;
-        drop(instance);
+        // Copies get users of their own; the template, root's, keeps none.
+        instance.seal_as_template()?;
         std::fs::rename(&build, &self.template).map_err(|e| io_error(&self.template, e))
     }
 
@@ -241,9 +247,7 @@ impl Instances {
             make_passable_dir(&self.dir)?;
             // Copy beside and rename into place, so a crash mid-copy leaves no half instance.
             let partial = self.dir.join(format!(".{branch_id}.partial"));
-            if partial.exists() {
-                std::fs::remove_dir_all(&partial).map_err(|e| io_error(&partial, e))?;
-            }
+            remove_root(&partial)?;
             make_passable_dir(&partial)?;
             drop(Instance::from_template(&self.bins, &self.template, &partial)?);
             std::fs::rename(&partial, &root).map_err(|e| io_error(&root, e))?;
@@ -309,7 +313,7 @@ impl Instances {
             if root.join("data").join("PG_VERSION").exists() {
                 Instance::open(&self.bins, &root)?.stop()?;
             }
-            std::fs::remove_dir_all(&root).map_err(|e| io_error(&root, e))?;
+            remove_root(&root)?;
         }
         Ok(())
     }
@@ -424,10 +428,12 @@ fn io_error(path: &Path, source: std::io::Error) -> NodeError {
     NodeError::Io { path: path.to_owned(), source }
 }
 
-/// Runs one statement as the superuser with the instance's own `psql` over its socket.
+/// Runs one statement as the superuser with the instance's own `psql` over its socket, as
+/// the instance's OS user with an empty environment.
 fn run_psql(instance: &Instance, sql: &str) -> Result<(), NodeError> {
     let program = instance.binaries().program("psql");
-    let output = std::process::Command::new(&program)
+    let output = instance
+        .client_command("psql")
         .arg("-X")
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-h"])
         .arg(instance.socket_dir())

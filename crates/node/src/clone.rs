@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::NodeError;
 use crate::private::write_private;
 use crate::room;
+use crate::tree::{self, Tree};
 use crate::user::InstanceUser;
 
 /// Directories whose contents a base backup leaves out (basebackup.c's
@@ -116,16 +117,19 @@ struct Entry {
 enum Kind {
     Dir,
     File(u64),
-    Symlink(PathBuf),
 }
 
 /// Copies the data directory `src` of a running instance, in backup mode, into
 /// `dst_root/data` (`dst_root` must not hold a `data` yet), leaving out what a base backup
 /// leaves out. Files that vanish while copying (a dropped table) are skipped, as
 /// `pg_basebackup` does; WAL replay from the backup's start makes every file consistent.
+/// The source is the tenant's: it is read through [`crate::tree`], so a symbolic link, a
+/// special file or a file its owner does not own anywhere in it fails the copy, and nothing
+/// outside it is ever read.
 pub fn copy_data_dir(src: &Path, dst_root: &Path, progress: &CopyProgress) -> Result<CopyMethod, NodeError> {
+    let tree = Tree::open(src)?;
     let tablespaces = src.join("pg_tblspc");
-    if fs::read_dir(&tablespaces).map_err(NodeError::io(&tablespaces))?.next().is_some() {
+    if tree.list(Path::new("pg_tblspc"), &tablespaces)?.is_some_and(|l| !l.is_empty()) {
         return Err(NodeError::Unsupported {
             what: format!("copying an instance with tablespaces ({})", tablespaces.display()),
         });
@@ -133,7 +137,7 @@ pub fn copy_data_dir(src: &Path, dst_root: &Path, progress: &CopyProgress) -> Re
     crate::private::make_passable_dir(dst_root)?;
     let dst = dst_root.join("data");
     let mut entries = Vec::new();
-    scan(src, Path::new(""), &mut entries)?;
+    scan(&tree, src, Path::new(""), &mut entries)?;
     let mut left: u64 = entries.iter().map(|e| if let Kind::File(size) = e.kind { size } else { 0 }).sum();
     progress.add_total(left);
     let method = if can_reflink(dst_root) { CopyMethod::Reflink } else { CopyMethod::Copy };
@@ -146,17 +150,16 @@ pub fn copy_data_dir(src: &Path, dst_root: &Path, progress: &CopyProgress) -> Re
     // No fsync here: PostgreSQL fsyncs the whole data directory before crash recovery, in
     // one pass that batches writeback (flushing file by file during the copy measured slower).
     for e in &entries {
-        let (from, to) = (src.join(&e.rel), dst.join(&e.rel));
+        let to = dst.join(&e.rel);
         match &e.kind {
             Kind::Dir => {
                 fs::DirBuilder::new().mode(e.mode).create(&to).map_err(NodeError::io(&to))?;
             }
-            Kind::Symlink(target) => std::os::unix::fs::symlink(target, &to).map_err(NodeError::io(&to))?,
             Kind::File(size) => {
                 if copying {
                     room::ensure(dst_root, left)?;
                 }
-                copy_file(&from, &to, e.mode, method, progress)?;
+                copy_file(&tree, src, &e.rel, &to, e.mode, method, progress)?;
                 left = left.saturating_sub(*size);
             }
         }
@@ -164,66 +167,60 @@ pub fn copy_data_dir(src: &Path, dst_root: &Path, progress: &CopyProgress) -> Re
     Ok(method)
 }
 
-/// Lists `dir` (relative path `rel`) depth first, parents before children, applying the
-/// base-backup exclusions. Entries that vanish meanwhile are left out.
-fn scan(root: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), NodeError> {
-    let dir = root.join(rel);
-    let listing = match fs::read_dir(&dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(NodeError::Io { path: dir, source: e }),
-    };
+/// Lists `rel` depth first, parents before children, applying the base-backup exclusions.
+/// Entries that vanish meanwhile are left out; links and special files are refused.
+fn scan(tree: &Tree, src: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), NodeError> {
+    let Some(listing) = tree.list(rel, &src.join(rel))? else { return Ok(()) };
     let top = rel.as_os_str().is_empty();
     for entry in listing {
-        let entry = entry.map_err(NodeError::io(&dir))?;
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
+        let name_str = entry.name.to_string_lossy();
         if name_str == RELCACHE_INIT || name_str.starts_with(TEMP_PREFIX) {
             continue;
         }
         if top && SKIPPED_FILES.contains(&name_str.as_ref()) {
             continue;
         }
-        let path = entry.path();
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(NodeError::Io { path, source: e }),
-        };
-        let child = rel.join(&name);
-        let mode = meta.permissions().mode() & 0o7777;
-        if meta.file_type().is_symlink() {
-            let target = fs::read_link(&path).map_err(NodeError::io(&path))?;
-            out.push(Entry { rel: child, kind: Kind::Symlink(target), mode });
-        } else if meta.is_dir() {
-            out.push(Entry { rel: child.clone(), kind: Kind::Dir, mode });
-            if top && EMPTY_DIRS.contains(&name_str.as_ref()) {
-                if name_str == "pg_wal" {
-                    out.push(Entry { rel: child.join("archive_status"), kind: Kind::Dir, mode });
+        let child = rel.join(&entry.name);
+        match entry.kind {
+            tree::Kind::Dir => {
+                out.push(Entry { rel: child.clone(), kind: Kind::Dir, mode: entry.mode });
+                if top && EMPTY_DIRS.contains(&name_str.as_ref()) {
+                    if name_str == "pg_wal" {
+                        out.push(Entry {
+                            rel: child.join("archive_status"),
+                            kind: Kind::Dir,
+                            mode: entry.mode,
+                        });
+                    }
+                    continue;
                 }
-                continue;
+                scan(tree, src, &child, out)?;
             }
-            scan(root, &child, out)?;
-        } else if meta.is_file() {
-            out.push(Entry { rel: child, kind: Kind::File(meta.len()), mode });
+            tree::Kind::File => {
+                out.push(Entry { rel: child, kind: Kind::File(entry.size), mode: entry.mode })
+            }
+            tree::Kind::Symlink => {
+                return Err(NodeError::UnsafeEntry { path: src.join(child), what: "a symbolic link" });
+            }
+            tree::Kind::Other => {
+                return Err(NodeError::UnsafeEntry { path: src.join(child), what: "a special file" });
+            }
         }
     }
     Ok(())
 }
 
-/// Copies one file; a source that vanished is skipped.
+/// Copies one file of the tree; a source that vanished is skipped.
 fn copy_file(
-    from: &Path,
+    tree: &Tree,
+    src_dir: &Path,
+    rel: &Path,
     to: &Path,
     mode: u32,
     method: CopyMethod,
     progress: &CopyProgress,
 ) -> Result<(), NodeError> {
-    let src = match File::open(from) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(NodeError::Io { path: from.to_owned(), source: e }),
-    };
+    let Some(src) = tree.open_file(rel, &src_dir.join(rel))? else { return Ok(()) };
     let mut dst =
         OpenOptions::new().write(true).create_new(true).mode(mode).open(to).map_err(NodeError::io(to))?;
     if method == CopyMethod::Reflink && rustix::fs::ioctl_ficlone(&dst, &src).is_ok() {
@@ -243,7 +240,8 @@ fn copy_file(
 /// Completes a copy after `pg_backup_stop`: copies the WAL segments from `first_segment`
 /// to `last_segment` (file names; any timeline) and the timeline history files into
 /// `dst_root/data/pg_wal`, writes `backup_label` (and `tablespace_map` when not empty),
-/// and hands everything to the instance user. The copy is then ready to start.
+/// and hands everything to the copy's own instance user (made now). The copy is then
+/// ready to start.
 pub fn finish(
     src: &Path,
     dst_root: &Path,
@@ -254,6 +252,7 @@ pub fn finish(
     progress: &CopyProgress,
 ) -> Result<(), NodeError> {
     let dst = dst_root.join("data");
+    let tree = Tree::open(src)?;
     let (src_wal, dst_wal) = (src.join("pg_wal"), dst.join("pg_wal"));
     let (first, last) = (segment_position(first_segment), segment_position(last_segment));
     let (Some(first), Some(last)) = (first, last) else {
@@ -261,21 +260,28 @@ pub fn finish(
             what: format!("WAL segment names {first_segment:?} to {last_segment:?}"),
         });
     };
+    let listing = tree
+        .list(Path::new("pg_wal"), &src_wal)?
+        .ok_or_else(|| NodeError::Io { path: src_wal.clone(), source: io::ErrorKind::NotFound.into() })?;
     let mut wanted = Vec::new();
-    for entry in fs::read_dir(&src_wal).map_err(NodeError::io(&src_wal))? {
-        let entry = entry.map_err(NodeError::io(&src_wal))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for entry in listing {
+        let name = entry.name.to_string_lossy().into_owned();
         let keep = name.ends_with(".history")
             || segment_position(&name).is_some_and(|pos| (first..=last).contains(&pos));
-        if keep {
-            wanted.push((name, entry.metadata().map(|m| m.len()).unwrap_or(0)));
+        if !keep {
+            continue;
         }
+        if entry.kind != tree::Kind::File {
+            return Err(NodeError::UnsafeEntry { path: src_wal.join(&name), what: "not a regular file" });
+        }
+        wanted.push((name, entry.size));
     }
     let wal: u64 = wanted.iter().map(|(_, size)| size).sum();
     progress.add_total(wal);
     room::ensure(dst_root, wal)?;
     for (name, _) in wanted {
-        copy_file(&src_wal.join(&name), &dst_wal.join(&name), 0o600, CopyMethod::Copy, progress)?;
+        let rel = Path::new("pg_wal").join(&name);
+        copy_file(&tree, src, &rel, &dst_wal.join(&name), 0o600, CopyMethod::Copy, progress)?;
     }
     let label = dst.join("backup_label");
     write_private(&label, backup_label)?;
@@ -284,7 +290,7 @@ pub fn finish(
         write_private(&map, tablespace_map)?;
     }
     fs::set_permissions(&dst, fs::Permissions::from_mode(0o700)).map_err(NodeError::io(&dst))?;
-    InstanceUser::current()?.chown_recursive(&dst)
+    InstanceUser::for_root(dst_root)?.chown_recursive(&dst)
 }
 
 /// The log and segment part of a WAL segment file name (`TTTTTTTTLLLLLLLLSSSSSSSS`), which
@@ -369,7 +375,108 @@ mod tests {
         assert!(!dst.join("tablespace_map").exists());
         assert_eq!(progress.done(), progress.total());
         let mode = fs::metadata(&dst).expect("stat").permissions().mode() & 0o777;
+        crate::remove_users_under(tmp.path()).expect("cleanup");
         assert_eq!(mode, 0o700);
+    }
+
+    /// A source data directory with `plant` done to it, beside a secret only root may read.
+    fn planted(tmp: &Path, plant: impl FnOnce(&Path, &Path)) -> PathBuf {
+        let src = tmp.join("src");
+        for dir in ["base/1", "pg_wal/archive_status", "pg_tblspc", "global"] {
+            fs::create_dir_all(src.join(dir)).expect("mkdir");
+        }
+        fs::write(src.join("base/1/16384"), b"heap").expect("write");
+        fs::write(src.join("global/pg_control"), b"control").expect("write");
+        fs::write(src.join("pg_wal/000000010000000000000001"), b"wal").expect("write");
+        let secret = tmp.join("shadow");
+        fs::write(&secret, SECRET).expect("write");
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+        plant(&src, &secret);
+        src
+    }
+
+    const SECRET: &[u8] = b"root-only-5f3a";
+
+    /// Whether any regular file under `dir` holds the secret's bytes.
+    fn holds_secret(dir: &Path) -> bool {
+        let Ok(entries) = fs::read_dir(dir) else { return false };
+        entries.flatten().any(|e| {
+            let meta = fs::symlink_metadata(e.path()).expect("stat");
+            if meta.is_dir() {
+                holds_secret(&e.path())
+            } else {
+                meta.is_file()
+                    && fs::read(e.path()).is_ok_and(|b| b.windows(SECRET.len()).any(|w| w == SECRET))
+            }
+        })
+    }
+
+    #[test]
+    fn a_planted_link_is_refused_and_never_read_through() {
+        type Plant = fn(&Path, &Path);
+        let plants: [(&str, Plant); 4] = [
+            ("a relation file replaced by a link to the secret", |src, secret| {
+                fs::remove_file(src.join("base/1/16384")).expect("rm");
+                std::os::unix::fs::symlink(secret, src.join("base/1/16384")).expect("symlink");
+            }),
+            ("a directory replaced by a link to the secret's directory", |src, secret| {
+                fs::remove_dir_all(src.join("base/1")).expect("rm");
+                std::os::unix::fs::symlink(secret.parent().expect("parent"), src.join("base/1"))
+                    .expect("symlink");
+            }),
+            ("a new link beside the files", |src, secret| {
+                std::os::unix::fs::symlink(secret, src.join("global/pg_filenode.map")).expect("symlink");
+            }),
+            ("a FIFO", |src, _| {
+                nix::unistd::mkfifo(&src.join("base/1/fifo"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+            }),
+        ];
+        for (what, plant) in plants {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let src = planted(tmp.path(), plant);
+            let dst_root = tmp.path().join("copy");
+            let err = copy_data_dir(&src, &dst_root, &CopyProgress::default()).expect_err(what);
+            assert!(matches!(err, NodeError::UnsafeEntry { .. }), "{what}: {err}");
+            assert!(!holds_secret(&dst_root), "{what}: the copy holds the secret");
+        }
+    }
+
+    #[test]
+    fn a_link_among_the_wal_segments_is_refused_and_never_read_through() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = planted(tmp.path(), |src, secret| {
+            std::os::unix::fs::symlink(secret, src.join("pg_wal/000000010000000000000002")).expect("symlink");
+        });
+        let dst_root = tmp.path().join("copy");
+        let progress = CopyProgress::default();
+        copy_data_dir(&src, &dst_root, &progress).expect("copy");
+        let seg = |n: u32| format!("00000001000000000000000{n}");
+        let err = finish(&src, &dst_root, &seg(1), &seg(2), "LABEL", "", &progress).expect_err("finished");
+        crate::remove_users_under(tmp.path()).expect("cleanup");
+        assert!(matches!(err, NodeError::UnsafeEntry { .. }), "{err}");
+        assert!(!holds_secret(&dst_root), "the copy holds the secret");
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_of_another_owner_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root can hand the source to another owner
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // The source belongs to `nobody`; the secret (hard-linked in) stays root's.
+        let src = planted(tmp.path(), |src, secret| {
+            fs::hard_link(secret, src.join("base/1/16385")).expect("link");
+        });
+        let nobody = 65534;
+        for path in
+            ["", "base", "base/1", "base/1/16384", "global", "global/pg_control", "pg_wal", "pg_tblspc"]
+        {
+            std::os::unix::fs::lchown(src.join(path), Some(nobody), None).expect("chown");
+        }
+        let dst_root = tmp.path().join("copy");
+        let err = copy_data_dir(&src, &dst_root, &CopyProgress::default()).expect_err("copied");
+        assert!(matches!(err, NodeError::UnsafeEntry { .. }), "{err}");
+        assert!(!holds_secret(&dst_root), "the copy holds the secret");
     }
 
     #[test]

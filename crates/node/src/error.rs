@@ -47,12 +47,14 @@ pub enum NodeError {
         source: io::Error,
     },
 
-    /// Running as root requires an unprivileged OS user for PostgreSQL.
-    #[error(
-        "running as root, PostgreSQL must run as the `{name}` OS user, which does not exist \
-         (it comes with `apt-get install postgresql`)"
-    )]
-    NoInstanceUser { name: String },
+    /// An instance's OS user (or the group they share) could not be made, found or removed.
+    #[error("OS user `{name}`: {problem}")]
+    InstanceUser { name: String, problem: String },
+
+    /// A tree being copied or chowned holds something Berth never follows or reads: a
+    /// symbolic link, a special file, a file of another owner.
+    #[error("{path} is {what}; Berth copies only regular files and directories of the instance's own")]
+    UnsafeEntry { path: PathBuf, what: &'static str },
 
     /// The user database could not be read.
     #[error("looking up OS user `{name}`: {source}")]

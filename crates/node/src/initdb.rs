@@ -1,11 +1,12 @@
-//! Creating a fresh data directory: running `initdb` (as the instance user) and laying
+//! Creating a fresh data directory: running `initdb` (as the instance's user, with an empty
+//! environment) and laying
 //! Berth's configuration over the result. It owns the choices made once per cluster
 //! (superuser, encoding, locale, durability); it never starts a server.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::bin::PgBinaries;
 use crate::conf::{self, BERTH_CONF, INCLUDE_LINE, PG_HBA};
@@ -51,7 +52,7 @@ pub(crate) fn init_data_dir(
         return Err(NodeError::InvalidSuperuser { name: opts.superuser.clone() });
     }
     let program = bins.program("initdb");
-    let mut cmd = Command::new(&program);
+    let mut cmd = user.command(&program);
     cmd.arg("-D")
         .arg(data_dir)
         .arg("-U")
@@ -62,7 +63,6 @@ pub(crate) fn init_data_dir(
     if opts.fast_unsafe {
         cmd.arg("--no-sync");
     }
-    user.apply(&mut cmd);
 
     tracing::debug!(data_dir = %data_dir.display(), superuser = %opts.superuser, "running initdb");
     let output = cmd.output().map_err(|source| NodeError::Spawn {

@@ -18,7 +18,7 @@ use crate::initdb::{InitOptions, init_data_dir};
 use crate::logtail;
 use crate::meta::Meta;
 use crate::pidfile::PidFile;
-use crate::private::append_private;
+use crate::private::{append_private, make_passable_dir};
 use crate::process::{self, wait_child, wait_until};
 use crate::user::InstanceUser;
 
@@ -54,9 +54,11 @@ pub enum Status {
 }
 
 /// A PostgreSQL instance laid out under one root directory:
-/// `root/data` (PGDATA, 0700), `root/socket` (Unix socket directory, 0700, owned by the
-/// instance user) and `root/postgres.log` (the postmaster's stdout and stderr, 0600). `root`
-/// itself is `node::make_passable_dir`'s: the instance user may only pass through it.
+/// `root/data` (PGDATA, 0700, owned by the instance's own OS user), `root/socket` (Unix
+/// socket directory, 0700, owned by that user: no other instance's user may connect),
+/// `root/postgres.log` (the postmaster's stdout and stderr, 0600, Berth's) and, when Berth
+/// is root, `root/berth.user` (the user's name). `root` itself is
+/// `node::make_passable_dir`'s: instance users may only pass through it.
 #[derive(Debug)]
 pub struct Instance {
     bins: PgBinaries,
@@ -75,8 +77,8 @@ impl Instance {
     /// Creates `root` (if needed) and a new cluster in `root/data` with `initdb`.
     pub fn init(bins: &PgBinaries, root: &Path, opts: &InitOptions) -> Result<Instance, NodeError> {
         let root = std::path::absolute(root).map_err(NodeError::io(root))?;
-        let user = InstanceUser::current()?;
-        user.make_passable(&root)?;
+        make_passable_dir(&root)?;
+        let user = InstanceUser::for_root(&root)?;
         let data_dir = root.join(DATA_DIR);
         make_private_dir(&data_dir, &user)?;
         init_data_dir(bins, &data_dir, &root, &user, opts)?;
@@ -89,9 +91,9 @@ impl Instance {
         let root = std::path::absolute(root).map_err(NodeError::io(root))?;
         let data_dir = root.join(DATA_DIR);
         require_cluster(&root, &data_dir)?;
-        let user = InstanceUser::current()?;
         // Also tightens a root an earlier version made 0755.
-        user.make_passable(&root)?;
+        make_passable_dir(&root)?;
+        let user = InstanceUser::for_root(&root)?;
         let socket_dir = root.join(SOCKET_DIR);
         make_private_dir(&socket_dir, &user)?;
         let meta = Meta::read(&data_dir)?;
@@ -120,14 +122,14 @@ impl Instance {
         if let Some(pid) = live_postmaster(&template_data) {
             return Err(NodeError::AlreadyRunning { data_dir: template_data, pid });
         }
-        let user = InstanceUser::current()?;
-        user.make_passable(root)?;
+        make_passable_dir(root)?;
         let data_dir = root.join(DATA_DIR);
         copy_tree(&template_data, &data_dir, &RUNTIME_FILES)?;
         // postgres refuses a data directory open to others, whatever the template had.
         fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))
             .map_err(NodeError::io(&data_dir))?;
-        user.chown_recursive(&data_dir)?;
+        // The copy is a new instance: a user of its own, never the template's.
+        InstanceUser::for_root(root)?.chown_recursive(&data_dir)?;
         tracing::info!(
             template = %template_root.display(),
             root = %root.display(),
@@ -145,6 +147,12 @@ impl Instance {
             }
             return Err(NodeError::AlreadyRunning { data_dir: self.data_dir.clone(), pid });
         }
+        // Data an earlier version ran as `postgres`, or whose user was made again after
+        // being swept, is handed to this instance's user while nothing runs on it.
+        if self.user.switch && crate::tree::owner(&self.data_dir)? != self.user.uid {
+            tracing::warn!(root = %self.root.display(), user = %self.user.name, "handing the data directory to the instance's user");
+            self.user.chown_recursive(&self.data_dir)?;
+        }
         make_private_dir(&self.socket_dir, &self.user)?;
         // The postmaster's log holds tenants' statements (errors quote them): 0600, ours.
         let log = append_private(&self.log_file)?;
@@ -152,7 +160,8 @@ impl Instance {
         let stderr = log.try_clone().map_err(NodeError::io(&self.log_file))?;
 
         let program = self.bins.program("postgres");
-        let mut cmd = Command::new(&program);
+        // Nothing of Berth's environment reaches the server (or a tenant reading it).
+        let mut cmd = self.user.command(&program);
         cmd.arg("-D")
             .arg(&self.data_dir)
             .arg("-k")
@@ -164,7 +173,6 @@ impl Instance {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr);
-        self.user.apply(&mut cmd);
         let child =
             cmd.spawn().map_err(|source| NodeError::Spawn { program, cwd: self.root.clone(), source })?;
         let pid = child.id();
@@ -315,6 +323,41 @@ impl Instance {
     pub fn superuser(&self) -> &str {
         &self.superuser
     }
+
+    /// The OS user this instance's processes run as.
+    pub fn os_user(&self) -> &InstanceUser {
+        &self.user
+    }
+
+    /// A command for one of the instance's client programs (`psql`, `pg_dump`, ...), run as
+    /// the instance's OS user with an empty environment, so it reaches this instance's
+    /// socket and no other, and nothing of Berth's environment reaches it.
+    pub fn client_command(&self, program: &str) -> Command {
+        self.user.command(&self.bins.program(program))
+    }
+
+    /// Turns this (stopped, or stopped now) instance into a template: its files become
+    /// root's (when we are root) and its OS user is deleted, since a template never runs
+    /// again and each copy of it gets a user of its own.
+    pub fn seal_as_template(mut self) -> Result<(), NodeError> {
+        self.stop()?;
+        if self.user.switch {
+            crate::tree::chown_tree(&self.data_dir, 0, 0)?;
+            crate::tree::chown_tree(&self.socket_dir, 0, 0)?;
+            crate::user::remove_root_user(&self.root)?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the instance root `root`: its OS user, then its files. Refused while a
+/// postmaster runs on it; nothing when it does not exist.
+pub fn remove_root(root: &Path) -> Result<(), NodeError> {
+    let data_dir = root.join(DATA_DIR);
+    if let Some(pid) = live_postmaster(&data_dir) {
+        return Err(NodeError::AlreadyRunning { data_dir, pid });
+    }
+    crate::user::remove_instance_root(root)
 }
 
 impl Drop for Instance {

@@ -1,9 +1,9 @@
 //! The modes of what Berth writes under its data directory: files 0600 and directories
 //! 0700, open to no one else. The one exception is a directory PostgreSQL must pass through
 //! when Berth runs as root (the data directory, `instances/`, each instance's root): it
-//! stays root's, gets the instance user's group and mode 0710, so `postgres` may enter it
-//! (never list or read it) on the way to the directories it owns, and others may not even
-//! enter. Nothing here may make anything readable by others.
+//! stays root's, gets the group all instance users share and mode 0710, so they may enter
+//! it (never list or read it) on the way to the directories each owns, and others may not
+//! even enter. Nothing here may make anything readable by others.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
@@ -11,31 +11,25 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::NodeError;
-use crate::user::InstanceUser;
+use crate::user::instance_gid;
 
 const PRIVATE_FILE: u32 = 0o600;
 const PRIVATE_DIR: u32 = 0o700;
-/// Owner all, the instance user's group enter only, others nothing.
+/// Owner all, the instance users' group enter only, others nothing.
 const PASSABLE_DIR: u32 = 0o710;
 
-/// Creates `dir` (missing parents 0700) so that besides us only the instance user may enter
-/// it: 0700 when PostgreSQL runs as us; 0710 with the instance user's group when we are root.
-/// Also tightens a directory an earlier version left open (0755).
+/// Creates `dir` (missing parents 0700) so that besides us only instance users may enter
+/// it: 0700 when PostgreSQL runs as us; 0710 with the group instance users share
+/// ([`crate::INSTANCE_GROUP`]) when we are root. Also tightens a directory an earlier version
+/// left open (0755) or gave the `postgres` group.
 pub fn make_passable_dir(dir: &Path) -> Result<(), NodeError> {
-    InstanceUser::current()?.make_passable(dir)
-}
-
-impl InstanceUser {
-    /// [`make_passable_dir`] for this user.
-    pub fn make_passable(&self, dir: &Path) -> Result<(), NodeError> {
-        DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(dir).map_err(NodeError::io(dir))?;
-        if !self.switch {
-            return fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR))
-                .map_err(NodeError::io(dir));
-        }
-        std::os::unix::fs::lchown(dir, None, Some(self.gid)).map_err(NodeError::io(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(PASSABLE_DIR)).map_err(NodeError::io(dir))
+    DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(dir).map_err(NodeError::io(dir))?;
+    if !nix::unistd::geteuid().is_root() {
+        return fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR)).map_err(NodeError::io(dir));
     }
+    let gid = instance_gid()?;
+    std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(NodeError::io(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(PASSABLE_DIR)).map_err(NodeError::io(dir))
 }
 
 /// Writes `contents` to `path` (created or truncated) as a 0600 file.
@@ -108,11 +102,11 @@ mod tests {
         make_passable_dir(&nested).expect("make_passable_dir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         make_passable_dir(dir.path()).expect("tighten");
-        let user = InstanceUser::current().expect("user");
+        let gid = instance_gid().expect("gid");
         for d in [dir.path(), nested.as_path()] {
             let meta = fs::metadata(d).expect("stat");
-            if user.switch {
-                assert_eq!((mode(d), meta.gid()), (0o710, user.gid), "{d:?}");
+            if nix::unistd::geteuid().is_root() {
+                assert_eq!((mode(d), meta.gid()), (0o710, gid), "{d:?}");
             } else {
                 assert_eq!(mode(d), 0o700, "{d:?}");
             }

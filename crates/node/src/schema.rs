@@ -1,7 +1,9 @@
 //! Copying a database's schema between two local instances: `pg_dump --schema-only` of one
 //! piped into `psql` on the other, both from the instances' own bindir, over their private
-//! sockets as the superuser. It copies definitions only, never rows, and never roles (the
-//! caller creates those first so ownership carries over).
+//! sockets as the superuser. Each program runs as its instance's OS user (never root, so it
+//! can reach that instance's socket and no other) with an empty environment (no inherited
+//! `PGPASSWORD`, `PGOPTIONS` or service file). It copies definitions only, never rows, and
+//! never roles (the caller creates those first so ownership carries over).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::process::{Command, Stdio};
 
 use crate::bin::PgBinaries;
 use crate::error::NodeError;
+use crate::user::InstanceUser;
 
 /// Where a database is reached: an instance's socket directory and port, a role, a name.
 #[derive(Debug, Clone, Copy)]
@@ -17,6 +20,8 @@ pub struct Endpoint<'a> {
     pub port: u16,
     pub user: &'a str,
     pub dbname: &'a str,
+    /// The instance's OS user, whom the program runs as.
+    pub os_user: &'a InstanceUser,
 }
 
 impl Endpoint<'_> {
@@ -36,7 +41,7 @@ impl Endpoint<'_> {
 /// without any of it and reports both programs' messages.
 pub fn copy_schema(bins: &PgBinaries, from: Endpoint<'_>, to: Endpoint<'_>) -> Result<(), NodeError> {
     let dump_program = bins.program("pg_dump");
-    let mut dump = Command::new(&dump_program);
+    let mut dump = from.os_user.command(&dump_program);
     dump.args(["--schema-only", "--no-password"]);
     from.args(&mut dump);
     let mut dump = dump
@@ -48,7 +53,7 @@ pub fn copy_schema(bins: &PgBinaries, from: Endpoint<'_>, to: Endpoint<'_>) -> R
     let dump_out = dump.stdout.take().expect("stdout was piped");
 
     let psql_program = bins.program("psql");
-    let mut psql = Command::new(&psql_program);
+    let mut psql = to.os_user.command(&psql_program);
     psql.args(["-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1"]);
     to.args(&mut psql);
     let restored = psql

@@ -1,6 +1,6 @@
 //! Instances against the machine's real PostgreSQL: lifecycle, templates, isolation
 //! (no TCP, private directories) and failure modes. Every test makes its own instances
-//! under /tmp and tears them down.
+//! under /tmp and tears them down, their OS users with them.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -8,23 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use node::{InitOptions, Instance, InstanceUser, NodeError, PgBinaries, Status};
-use tempfile::TempDir;
+use node::{InitOptions, Instance, NodeError, Status};
 
-/// A directory under /tmp that the `postgres` user can traverse.
-fn tmp() -> TempDir {
-    let dir = tempfile::Builder::new().prefix("berth-node-").tempdir_in("/tmp").expect("tempdir");
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
+mod common;
 
-fn bins() -> PgBinaries {
-    PgBinaries::find().expect("PostgreSQL binaries")
-}
-
-fn fast() -> InitOptions {
-    InitOptions::fast_unsafe()
-}
+use common::{bins, fast, passable_tmp, tmp};
 
 /// Runs one statement through psql on `host`/`port`; stdout on success, stderr on failure.
 fn psql_at(host: &str, port: u16, user: &str, sql: &str) -> Result<String, String> {
@@ -170,7 +158,7 @@ fn data_and_socket_dirs_are_private() {
     assert_eq!(mode(inst.data_dir()), 0o700);
     assert_eq!(mode(inst.socket_dir()), 0o700);
 
-    let user = InstanceUser::current().expect("instance user");
+    let user = inst.os_user().clone();
     for path in [inst.data_dir(), inst.socket_dir()] {
         let meta = fs::metadata(path).expect("stat");
         assert_eq!(meta.uid(), user.uid, "{path:?}");
@@ -329,8 +317,7 @@ fn tree_modes(root: &Path) -> Vec<(std::path::PathBuf, u32)> {
 #[test]
 fn nothing_an_instance_writes_is_open_to_others() {
     // The directory the instances live in, as Berth makes it (not the 0755 of `tmp`).
-    let dir = tempfile::Builder::new().prefix("berth-node-").tempdir_in("/tmp").expect("tempdir");
-    node::make_passable_dir(dir.path()).expect("passable");
+    let dir = passable_tmp();
     let bins = bins();
     let mut inst = Instance::init(&bins, &dir.path().join("pg"), &fast()).expect("init");
     inst.start().expect("start");

@@ -1,6 +1,8 @@
 //! Temporary PostgreSQL instances. `initdb` runs once per test run into a template directory
 //! (shared across test processes: nextest runs each test in its own), and every instance is
-//! a copy of it, so an instance costs a copy and a start instead of an initdb.
+//! a copy of it, so an instance costs a copy and a start instead of an initdb. When tests
+//! run as root, each instance runs as an OS user of its own (node's), removed when the
+//! `TestPg` goes; users left by a test that was killed are swept by the next start.
 
 use std::path::{Path, PathBuf};
 
@@ -43,11 +45,25 @@ fn template(bins: &PgBinaries) -> anyhow::Result<PathBuf> {
     let built = scratch.path().join("root");
     std::fs::create_dir(&built)?;
     make_traversable(&built)?;
-    Instance::init(bins, &built, &InitOptions::fast_unsafe()).context("initdb for the test template")?;
+    let instance =
+        Instance::init(bins, &built, &InitOptions::fast_unsafe()).context("initdb for the test template")?;
+    // Every copy gets a user of its own; the template keeps none.
+    instance.seal_as_template().context("sealing the test template")?;
     if std::fs::rename(&built, &root).is_err() && !root.join("data").join("PG_VERSION").exists() {
         anyhow::bail!("could not put the template in place at {}", root.display());
     }
     Ok(root)
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        if let Err(e) = self.instance.stop() {
+            eprintln!("could not stop the test instance: {e}");
+        }
+        if let Err(e) = node::remove_root(self.instance.root()) {
+            eprintln!("could not remove the test instance and its OS user: {e}");
+        }
+    }
 }
 
 impl TestPg {
@@ -55,10 +71,18 @@ impl TestPg {
     pub fn start() -> anyhow::Result<TestPg> {
         let bins = PgBinaries::find()?;
         let template = template(&bins)?;
+        // Users of instances whose directories are gone (a killed test's) go first.
+        node::sweep_orphan_users()?;
         let dir = tempfile::Builder::new().prefix("berth-pg-").tempdir()?;
         make_traversable(dir.path())?;
-        let mut instance = Instance::from_template(&bins, &template, dir.path())?;
-        instance.start()?;
+        // The root inside the temporary directory, so its user's recorded directory is this
+        // test's alone.
+        let mut instance = Instance::from_template(&bins, &template, &dir.path().join("pg"))?;
+        if let Err(e) = instance.start() {
+            drop(instance);
+            let _ = node::remove_root(&dir.path().join("pg"));
+            return Err(e.into());
+        }
         Ok(TestPg { instance, _dir: dir })
     }
 

@@ -11,11 +11,31 @@ use std::time::{Duration, Instant};
 
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
-pub fn data_dir() -> tempfile::TempDir {
+pub fn data_dir() -> DataDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
+    DataDir(dir)
+}
+
+/// A test's data directory. When it goes, so do the OS users of the instances made in it
+/// (when tests run as root each instance has one), so a test leaves no user behind.
+pub struct DataDir(tempfile::TempDir);
+
+impl std::ops::Deref for DataDir {
+    type Target = tempfile::TempDir;
+
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if let Err(e) = node::remove_users_under(self.0.path()) {
+            eprintln!("could not remove the instance users of {}: {e}", self.0.path().display());
+        }
+    }
 }
 
 /// A running `berth up`: what it printed, and its stderr (its log) as it is written.

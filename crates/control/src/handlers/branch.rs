@@ -77,7 +77,7 @@ pub async fn create(control: &Control, job: &Job) -> Result<(), JobError> {
     let id = work.branch.id.clone();
     blocking(move || instances.start(&id)).await?;
     if work.branch.data != "full" {
-        set_up(control, &work, &control.instances.socket_dir(&work.branch.id)).await?;
+        set_up(control, &work, &root).await?;
     }
     control.catalog.set_branch_state(&work.branch.id, branch_state::READY).await?;
     tracing::info!(branch_id = %work.branch.id, project_id = %work.project.id, data = %work.branch.data, "branch created");
@@ -112,7 +112,7 @@ pub async fn reset(control: &Control, job: &Job) -> Result<(), JobError> {
             Ok(i)
         })
         .await?;
-        let set = set_up(control, &work, &staging.join("socket")).await;
+        let set = set_up(control, &work, &staging).await;
         blocking(move || instance.stop()).await?;
         set?;
     }
@@ -180,31 +180,33 @@ async fn build_files(control: &Control, job: &Job, work: &Work, root: &Path) -> 
 /// partial copy may lack what opening one needs. Returns `error`.
 async fn discard(root: &Path, error: JobError) -> JobError {
     let r = root.to_owned();
-    let removed = blocking(move || match std::fs::remove_dir_all(&r) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(node::NodeError::Io { path: r, source: e }),
-        _ => Ok(()),
-    })
-    .await;
+    // Its OS user goes with it.
+    let removed = blocking(move || node::remove_root(&r)).await;
     if let Err(e) = removed {
         tracing::error!(root = %root.display(), error = %e.message, "could not remove a failed build's files");
     }
     error
 }
 
-/// The project's database and roles on a fresh instance, and for `schema` the parent's
-/// schema restored into it.
-async fn set_up(control: &Control, work: &Work, socket_dir: &Path) -> Result<(), JobError> {
+/// The project's database and roles on the fresh instance at `root`, and for `schema` the
+/// parent's schema restored into it (`pg_dump` as the parent's OS user, `psql` as the new
+/// instance's).
+async fn set_up(control: &Control, work: &Work, root: &Path) -> Result<(), JobError> {
+    let socket_dir = root.join("socket");
     let roles = control.catalog.roles(&work.project.id).await?;
-    set_up_database(control, socket_dir, &work.project.name, &roles).await?;
+    set_up_database(control, &socket_dir, &work.project.name, &roles).await?;
     if work.branch.data == "schema" {
-        let bins = control.instances.binaries().clone();
-        let from_socket = control.instances.socket_dir(&work.parent.id);
-        let to_socket = socket_dir.to_owned();
+        let instances = Arc::clone(&control.instances);
+        let (parent_root, root) = (control.instances.root(&work.parent.id), root.to_owned());
         let (port, user, db) =
             (control.instances.port(), control.instances.superuser().to_owned(), work.project.name.clone());
         blocking(move || {
-            let at = |socket_dir| Endpoint { socket_dir, port, user: &user, dbname: &db };
-            schema::copy_schema(&bins, at(&from_socket), at(&to_socket))
+            let (from_user, to_user) = (instances.os_user(&parent_root)?, instances.os_user(&root)?);
+            let (from_socket, to_socket) = (parent_root.join("socket"), root.join("socket"));
+            let from =
+                Endpoint { socket_dir: &from_socket, port, user: &user, dbname: &db, os_user: &from_user };
+            let to = Endpoint { socket_dir: &to_socket, port, user: &user, dbname: &db, os_user: &to_user };
+            schema::copy_schema(instances.binaries(), from, to)
         })
         .await?;
     }

@@ -55,7 +55,7 @@ impl From<NodeError> for JobError {
             // Missing binaries or an unusable configuration will not fix themselves.
             NodeError::BinariesNotFound { .. }
             | NodeError::InvalidBindir { .. }
-            | NodeError::NoInstanceUser { .. }
+            | NodeError::UnsafeEntry { .. }
             | NodeError::InvalidSuperuser { .. }
             | NodeError::Unsupported { .. } => out.classification = RetryClassification::Permanent,
             // A full disk stays full until someone frees space, and each retry would fill it

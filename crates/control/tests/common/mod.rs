@@ -62,6 +62,17 @@ pub async fn key(control: &Control, org: &str, project: Option<&str>, scopes: &[
     control.catalog.create_api_key(&new).await.unwrap().1.expose().to_owned()
 }
 
+/// The instances go, and their OS users with them (when tests run as root each has one),
+/// so a test leaves no user behind.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.control.instances.stop_all();
+        if let Err(e) = node::remove_users_under(self.dir.path()) {
+            eprintln!("could not remove the test's instance users: {e}");
+        }
+    }
+}
+
 impl Harness {
     /// Sends a request; returns the status and the JSON body (`Value::Null` when empty).
     pub async fn call(

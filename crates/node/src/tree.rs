@@ -1,0 +1,250 @@
+//! Reading and chowning directory trees that another user may be changing under us, without
+//! ever following a symbolic link. Every directory is opened relative to its parent's
+//! descriptor with `O_NOFOLLOW`, every file with `O_NOFOLLOW | O_NONBLOCK` and checked, once
+//! open, to be a regular file owned by the tree's owner (so a hard link to another user's
+//! file is refused too). Berth runs as root when it copies a tenant's data directory: a link
+//! planted there must never make it read or chown anything outside. This module never
+//! writes into a tree it reads.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags};
+
+use crate::error::NodeError;
+
+const DIR_FLAGS: OFlags =
+    OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+const FILE_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::CLOEXEC);
+
+/// What an entry of a directory is, as `lstat` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+/// One entry of a listed directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub name: OsString,
+    pub kind: Kind,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    pub size: u64,
+}
+
+/// An open directory that is the top of a tree, with the uid that owns it: every file read
+/// from the tree must be owned by that uid.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    fd: OwnedFd,
+    pub owner: u32,
+}
+
+impl Tree {
+    /// Opens `path` as a directory, refusing a symbolic link in its last component (the
+    /// components above are the caller's, owned by root).
+    pub fn open(path: &Path) -> Result<Tree, NodeError> {
+        let fd = rfs::open(path, DIR_FLAGS, Mode::empty()).map_err(|e| refusal(path, e))?;
+        let owner = rfs::fstat(&fd).map_err(|e| io_error(path, e))?.st_uid;
+        Ok(Tree { fd, owner })
+    }
+
+    /// Lists the directory at `rel` (relative, without `..`; empty for the top), entries
+    /// that vanish meanwhile left out. `None` when the directory itself vanished.
+    pub fn list(&self, rel: &Path, shown: &Path) -> Result<Option<Vec<Entry>>, NodeError> {
+        let Some(dir) = self.open_dir(rel, shown)? else { return Ok(None) };
+        let mut out = Vec::new();
+        let listing = Dir::read_from(&dir).map_err(|e| io_error(shown, e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_error(shown, e))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let stat = match rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(s) => s,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io_error(&shown.join(name), e)),
+            };
+            let kind = match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Directory => Kind::Dir,
+                FileType::RegularFile => Kind::File,
+                FileType::Symlink => Kind::Symlink,
+                _ => Kind::Other,
+            };
+            out.push(Entry {
+                name: name.to_owned(),
+                kind,
+                mode: stat.st_mode & 0o7777,
+                size: u64::try_from(stat.st_size).unwrap_or(0),
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Opens the regular file at `rel` for reading: `None` when it (or a directory above it)
+    /// vanished; refused when any component is a link, or the file is not a regular file
+    /// owned by the tree's owner.
+    pub fn open_file(&self, rel: &Path, shown: &Path) -> Result<Option<File>, NodeError> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(NodeError::UnsafeEntry { path: shown.to_owned(), what: "not a file name" });
+        };
+        let Some(dir) = self.open_dir(parent, shown)? else { return Ok(None) };
+        let fd = match rfs::openat(&dir, name, FILE_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(refusal(shown, e)),
+        };
+        let stat = rfs::fstat(&fd).map_err(|e| io_error(shown, e))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(NodeError::UnsafeEntry { path: shown.to_owned(), what: "not a regular file" });
+        }
+        if stat.st_uid != self.owner {
+            return Err(NodeError::UnsafeEntry {
+                path: shown.to_owned(),
+                what: "a file its directory's owner does not own (a hard link?)",
+            });
+        }
+        // O_NONBLOCK only mattered while opening (a FIFO swapped in would have blocked).
+        rfs::fcntl_setfl(&fd, rfs::fcntl_getfl(&fd).map_err(|e| io_error(shown, e))? - OFlags::NONBLOCK)
+            .map_err(|e| io_error(shown, e))?;
+        Ok(Some(File::from(fd)))
+    }
+
+    /// Walks down `rel` one directory at a time, never following a link.
+    fn open_dir(&self, rel: &Path, shown: &Path) -> Result<Option<OwnedFd>, NodeError> {
+        let mut dir = rfs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty()).map_err(|e| io_error(shown, e))?;
+        for part in rel.components() {
+            let Component::Normal(name) = part else {
+                return Err(NodeError::UnsafeEntry {
+                    path: shown.to_owned(),
+                    what: "a path leaving its tree",
+                });
+            };
+            dir = match rfs::openat(&dir, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(refusal(shown, e)),
+            };
+        }
+        Ok(Some(dir))
+    }
+}
+
+/// Chowns `path` and everything below it to `uid:gid`, links themselves (never what they
+/// point to), descending only into real directories opened by descriptor.
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), NodeError> {
+    let (uid, gid) = (rfs::Uid::from_raw(uid), rfs::Gid::from_raw(gid));
+    let top = rfs::open(path, DIR_FLAGS, Mode::empty());
+    match top {
+        Ok(dir) => {
+            rfs::fchown(&dir, Some(uid), Some(gid)).map_err(|e| io_error(path, e))?;
+            chown_below(&dir, path, uid, gid)
+        }
+        // Not a directory (or a link): chown just the entry.
+        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+            rfs::chownat(rfs::CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_error(path, e))
+        }
+        Err(e) => Err(io_error(path, e)),
+    }
+}
+
+fn chown_below(dir: &OwnedFd, shown: &Path, uid: rfs::Uid, gid: rfs::Gid) -> Result<(), NodeError> {
+    let listing = Dir::read_from(dir).map_err(|e| io_error(shown, e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| io_error(shown, e))?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name == "." || name == ".." {
+            continue;
+        }
+        let path = shown.join(name);
+        match rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(io_error(&path, e)),
+        }
+        match rfs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+            Ok(child) => chown_below(&child, &path, uid, gid)?,
+            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP | rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_error(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The uid owning `path` itself (not what a link there points to).
+pub(crate) fn owner(path: &Path) -> Result<u32, NodeError> {
+    let stat = rfs::statat(rfs::CWD, path, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_error(path, e))?;
+    Ok(stat.st_uid)
+}
+
+/// `O_NOFOLLOW` met a link (`ELOOP`), or `O_DIRECTORY` a non-directory: refused, named.
+fn refusal(path: &Path, e: rustix::io::Errno) -> NodeError {
+    match e {
+        rustix::io::Errno::LOOP => NodeError::UnsafeEntry { path: path.to_owned(), what: "a symbolic link" },
+        rustix::io::Errno::NOTDIR => {
+            NodeError::UnsafeEntry { path: path.to_owned(), what: "not a directory where one was expected" }
+        }
+        e => io_error(path, e),
+    }
+}
+
+fn io_error(path: &Path, e: rustix::io::Errno) -> NodeError {
+    NodeError::Io { path: path.to_owned(), source: io::Error::from(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Read;
+    use std::os::unix::fs as unix_fs;
+
+    use super::*;
+
+    #[test]
+    fn a_link_anywhere_on_the_way_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let top = tmp.path().join("top");
+        fs::create_dir_all(top.join("a")).expect("mkdir");
+        fs::write(top.join("a/f"), "mine").expect("write");
+        fs::write(tmp.path().join("secret"), "outside").expect("write");
+        unix_fs::symlink(tmp.path().join("secret"), top.join("a/link")).expect("symlink");
+        unix_fs::symlink(tmp.path(), top.join("dirlink")).expect("symlink");
+
+        let tree = Tree::open(&top).expect("open");
+        let mut text = String::new();
+        let mut f = tree.open_file(Path::new("a/f"), Path::new("a/f")).expect("open").expect("exists");
+        f.read_to_string(&mut text).expect("read");
+        assert_eq!(text, "mine");
+        for rel in ["a/link", "dirlink/secret"] {
+            let err = tree.open_file(Path::new(rel), Path::new(rel)).expect_err(rel);
+            assert!(matches!(err, NodeError::UnsafeEntry { .. }), "{rel}: {err}");
+        }
+        assert!(tree.open_file(Path::new("a/gone"), Path::new("a/gone")).expect("gone").is_none());
+        let mut kinds: Vec<_> = tree
+            .list(Path::new(""), &top)
+            .expect("list")
+            .expect("exists")
+            .into_iter()
+            .map(|e| (e.name.into_string().expect("utf8"), e.kind))
+            .collect();
+        kinds.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(kinds, [("a".to_owned(), Kind::Dir), ("dirlink".to_owned(), Kind::Symlink)]);
+        let err = Tree::open(&top.join("dirlink")).expect_err("opened a link as a tree");
+        assert!(matches!(err, NodeError::UnsafeEntry { .. }), "{err}");
+    }
+}
