@@ -35,8 +35,10 @@ ensure_rust() {
 # The client stage of scripts/test (scripts/lib/clients.sh) adds python3, curl and openssl,
 # which minimal images lack; not python3-venv or python3-pip, which depend on
 # ca-certificates (the stage makes its venv --without-pip and runs pip from its wheel).
+# pebble, Let's Encrypt's ACME test server (depends on libc6 only), for the ACME test
+# (crates/berth/tests/acme.rs), which fails when it is missing rather than skipping.
 BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev
-  libclang1-14 libclang-common-14-dev python3 curl openssl)
+  libclang1-14 libclang-common-14-dev python3 curl openssl pebble)
 
 # Node and npm for the client stage, looked for and not installed: Debian's nodejs and npm
 # depend on ca-certificates (above), and Node from NodeSource bundles npm.

@@ -2,6 +2,7 @@
 //! sets up logging, and composes the parts (catalog, control plane, instances, proxy); the
 //! behaviour itself lives in those crates. The API client commands need no async runtime.
 
+mod acme;
 mod bootstrap;
 mod catalog_instance;
 mod client;

@@ -55,6 +55,8 @@ pub struct UpArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    acme: crate::acme::AcmeArgs,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -74,6 +76,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // ACME's settings and DNS responder, checked and bound before anything starts too.
+    let acme = args.acme.prepare(&dir, args.public_host.as_deref()).await?;
     let bins = PgBinaries::find()?;
     let master_key = MasterKey::load_or_create(&dir.join("master.key"))?;
     let shutdown = CancellationToken::new();
@@ -119,6 +123,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let (tls, watched) = match own_certificate {
         Some((files, tls)) => (tls, Some(files)),
+        // ACME's certificate when the data directory holds a valid one, else the local CA's
+        // until ACME succeeds; ca.pem is not handed out, the strings are for public trust.
+        None if acme.is_some() => {
+            (acme.as_ref().and_then(|a| a.stored()).map_or_else(|| ca.server(), Ok)?, None)
+        }
         None => {
             // Only the local CA's certificate is handed out, and only when it signed what
             // the proxy serves.
@@ -163,6 +172,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tasks.spawn(Arc::clone(&instances).supervise(shutdown.clone()));
+    let acme_banner = acme.as_ref().map(crate::acme::Acme::describe);
+    if let Some(acme) = acme {
+        tasks.spawn(acme.run(proxy.clone(), shutdown.clone()));
+    }
     if let Some(files) = watched.clone() {
         tasks.spawn(files.watch(proxy.clone(), proxy::tls_files::POLL_INTERVAL, shutdown.clone()));
     }
@@ -180,7 +193,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let api_url = format!("http://{api_addr}");
     crate::bootstrap::write_private(&dir.join("api.url"), &api_url)?;
-    print_banner(&dir, &api_url, pooled_addr, direct_addr, watched.as_ref(), boot.new_admin_key.as_ref());
+    print_banner(
+        &dir,
+        &api_url,
+        pooled_addr,
+        direct_addr,
+        watched.as_ref(),
+        acme_banner.as_deref(),
+        boot.new_admin_key.as_ref(),
+    );
     if !api_addr.ip().is_loopback() {
         tracing::warn!(api = %api_url, "{}", PLAIN_API_WARNING);
     }
@@ -258,6 +279,7 @@ fn print_banner(
     pooled: SocketAddr,
     direct: SocketAddr,
     own_certificate: Option<&CertificateFiles>,
+    acme: Option<&str>,
     new_key: Option<&Secret>,
 ) {
     let data = dir.display();
@@ -269,6 +291,7 @@ fn print_banner(
         Some(files) => {
             println!("  certificate:    {}   (yours; reloaded when it changes)", files.cert.display())
         }
+        None if acme.is_some() => println!("  certificate:    {}", acme.unwrap_or_default()),
         None => println!("  CA certificate: {data}/ca.pem   (sslmode=verify-full&sslrootcert=...)"),
     }
     println!("  admin API key:  {data}/admin.key");
