@@ -181,6 +181,20 @@ fn dns_ask(port: u16, datagram: &[u8]) -> Option<Message> {
     Some(Message::from_vec(&buf[..n]).expect("a DNS message"))
 }
 
+/// One DNS exchange over TCP (two-byte length prefixes).
+fn dns_ask_tcp(port: u16, query: &[u8]) -> Option<Message> {
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    sock.write_all(&framed).expect("send");
+    let mut len = [0u8; 2];
+    sock.read_exact(&mut len).ok()?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    sock.read_exact(&mut answer).ok()?;
+    Some(Message::from_vec(&answer).expect("a DNS message"))
+}
+
 fn dns_query(name: &str, kind: RecordType) -> Vec<u8> {
     let mut m = Message::new();
     m.set_id(7).set_message_type(MessageType::Query).set_op_code(OpCode::Query);
@@ -420,9 +434,17 @@ fn an_unreachable_acme_server_leaves_berth_up_on_the_local_ca() {
     assert!(log.contains(&format!("127.0.0.1:{closed}")), "the log names the directory: {log}");
     up.create_project("shop");
     wait_for("the project to be routed", || local_ca_verified(&up, data.path()));
-    // The responder answers even with no order in flight.
+    // The responder answers even with no order in flight, over UDP and TCP.
     let refused = dns_ask(dns_port, &dns_query("db.unreachable.test.", RecordType::A)).expect("an answer");
     assert_eq!(refused.response_code(), ResponseCode::Refused);
+    let ours = dns_ask_tcp(dns_port, &dns_query("_acme-challenge.db.unreachable.test.", RecordType::TXT));
+    assert_eq!(ours.expect("a TCP answer").response_code(), ResponseCode::NoError);
+    // A length over the limit closes the connection unanswered; the next client is served.
+    let mut oversized = TcpStream::connect(("127.0.0.1", dns_port)).expect("connect");
+    oversized.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    oversized.write_all(&[0xff, 0xff]).expect("send");
+    assert_eq!(oversized.read(&mut [0u8; 16]).unwrap_or(0), 0, "an oversized TCP query was answered");
+    assert!(dns_ask_tcp(dns_port, &dns_query("example.com.", RecordType::TXT)).is_some());
     let log = up.stop();
     let key = std::fs::read_to_string(data.path().join("server.key")).expect("server.key");
     assert!(!log.contains(key.lines().nth(1).expect("key body")), "the local key was logged");
