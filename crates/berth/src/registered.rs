@@ -4,6 +4,9 @@
 //! word alone: it is TCP unless the operator allows a socket directory (never one inside
 //! Berth's data directory), it must check the password Berth holds at every login, it never
 //! serves a superuser session, and with `--upstream-deny-private` only public addresses.
+//! Its certificate is verified against the roots the registration supplied (or, for
+//! `verify-full` alone, the system's), and every login is held to the password exchange
+//! the registration check saw.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,14 +14,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use catalog::{MasterKey, RegisteredRoute};
-use control::api::{ProbeError, Upstream as UpstreamSpec, UpstreamProbe};
+use control::api::{ProbeError, Probed, Upstream as UpstreamSpec, UpstreamProbe};
 use proxy::SslMode;
 use proxy::auth_query::AuthQuery;
 use proxy::routes::{Database, Limits, PoolConfig, PoolMode, Role, Upstream, UpstreamAddr, UpstreamTrust};
 use proxy::secret::Secret;
+use proxy::upstream_auth::AuthMethod;
 
-/// Where `verify-ca` and `verify-full` find trusted roots (Debian's bundle, as libpq's
-/// `sslrootcert=system`).
+/// Where `verify-full` finds trusted roots when the registration supplied none (Debian's
+/// bundle, as libpq's `sslrootcert=system`).
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Registration checks one API key may run per `PROBE_WINDOW`: enough for a person fixing a
@@ -38,8 +42,8 @@ pub struct UpstreamPolicy {
 }
 
 impl UpstreamPolicy {
-    fn trust(&self) -> UpstreamTrust {
-        UpstreamTrust::Registered { private_denied: self.deny_private }
+    fn trust(&self, auth_method: Option<AuthMethod>) -> UpstreamTrust {
+        UpstreamTrust::Registered { private_denied: self.deny_private, auth_method }
     }
 
     /// Whether a registration may name socket directory `dir`: one the operator listed,
@@ -68,15 +72,22 @@ fn ssl_mode(s: &str) -> Option<SslMode> {
     })
 }
 
+/// How a registration reaches its upstream and what it holds the upstream to.
+struct Reach<'a> {
+    host: &'a str,
+    port: u16,
+    name: &'a str,
+    ssl_mode: &'a str,
+    /// PEM roots the registration supplied.
+    ssl_root_cert: Option<&'a str>,
+    /// What the registration check saw; `None` while checking, or for old rows.
+    auth_method: Option<AuthMethod>,
+}
+
 /// The proxy's view of an upstream; a host that is an absolute path is a socket directory,
 /// allowed only as `policy` says.
-fn upstream(
-    host: &str,
-    port: u16,
-    name: &str,
-    mode: &str,
-    policy: &UpstreamPolicy,
-) -> Result<Upstream, String> {
+fn upstream(reach: &Reach<'_>, policy: &UpstreamPolicy) -> Result<Upstream, String> {
+    let Reach { host, port, name, ssl_mode: mode, ssl_root_cert, auth_method } = *reach;
     let mode = ssl_mode(mode).ok_or_else(|| format!("unknown ssl_mode {mode:?}"))?;
     let addr = if host.starts_with('/') {
         policy.socket_dir_allowed(Path::new(host))?;
@@ -87,19 +98,29 @@ fn upstream(
     } else {
         UpstreamAddr::Tcp { host: host.to_owned(), port }
     };
-    let (mode, roots) = match (&addr, mode) {
-        (UpstreamAddr::Unix { .. }, _) => (SslMode::Disable, None),
-        (_, m) if m.verifies() => (m, Some(Path::new(SYSTEM_ROOTS).to_owned())),
-        (_, m) => (m, None),
+    let (mode, roots, tls) = match (&addr, mode) {
+        (UpstreamAddr::Unix { .. }, _) => (SslMode::Disable, None, None),
+        (_, m) if m.verifies() => match ssl_root_cert {
+            Some(pem) => (m, None, proxy::upstream_tls_config_pem(m, Some(pem.as_bytes()))?),
+            // The system's roots vouch for every publicly issued certificate: only the
+            // name check makes them mean anything (libpq's sslrootcert=system rule).
+            None if m == SslMode::VerifyCa => {
+                return Err("ssl_mode verify-ca needs ssl_root_cert".into());
+            }
+            None => {
+                let system = Path::new(SYSTEM_ROOTS);
+                (m, Some(system.to_owned()), proxy::upstream_tls_config(m, Some(system))?)
+            }
+        },
+        (_, m) => (m, None, proxy::upstream_tls_config(m, None)?),
     };
-    let tls = proxy::upstream_tls_config(mode, roots.as_deref())?;
     Ok(Upstream {
         addr,
         dbname: name.to_owned(),
         ssl_mode: mode,
         ssl_root_cert: roots,
         tls,
-        trust: policy.trust(),
+        trust: policy.trust(auth_method),
     })
 }
 
@@ -117,7 +138,16 @@ pub fn databases(rows: Vec<RegisteredRoute>, key: &MasterKey, policy: &UpstreamP
             }
         };
         let port = u16::try_from(d.port).unwrap_or(5432);
-        let up = match upstream(&d.host, port, &d.name, &d.ssl_mode, policy) {
+        let auth_method = d.auth_method.as_deref().and_then(AuthMethod::parse);
+        let reach = Reach {
+            host: &d.host,
+            port,
+            name: &d.name,
+            ssl_mode: &d.ssl_mode,
+            ssl_root_cert: d.ssl_root_cert.as_deref(),
+            auth_method,
+        };
+        let up = match upstream(&reach, policy) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(database_id = %d.id, error = %e, "registered upstream not routed");
@@ -192,15 +222,23 @@ impl UpstreamProbe for Probe {
         &'a self,
         caller: &'a str,
         spec: &'a UpstreamSpec,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProbeError>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Probed, ProbeError>> + Send + 'a>> {
         Box::pin(async move {
             self.admit(caller).map_err(ProbeError::RateLimited)?;
-            let up = upstream(&spec.host, spec.port, &spec.name, &spec.ssl_mode, &self.policy)
-                .map_err(ProbeError::Rejected)?;
+            let reach = Reach {
+                host: &spec.host,
+                port: spec.port,
+                name: &spec.name,
+                ssl_mode: &spec.ssl_mode,
+                ssl_root_cert: spec.ssl_root_cert.as_deref(),
+                auth_method: None,
+            };
+            let up = upstream(&reach, &self.policy).map_err(ProbeError::Rejected)?;
             let password = Secret::new(spec.password.expose());
-            proxy::auth_query::probe(&up, &spec.username, &password, PROBE_TIMEOUT)
+            let method = proxy::auth_query::probe(&up, &spec.username, &password, PROBE_TIMEOUT)
                 .await
-                .map_err(ProbeError::Rejected)
+                .map_err(ProbeError::Rejected)?;
+            Ok(Probed { auth_method: method.as_str().to_owned() })
         })
     }
 }

@@ -48,6 +48,10 @@ pub struct UpArgs {
     /// unique-local ranges are refused, at registration and at every connect.
     #[arg(long)]
     upstream_deny_private: bool,
+    /// Connections one source address may have logging in (TLS, startup, password) at
+    /// once, on both proxy ports together; more are closed at accept. 0: no cap.
+    #[arg(long, value_name = "N", default_value_t = proxy::DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE)]
+    max_unauthenticated_per_source: usize,
     /// Serve this certificate (PEM, leaf first, then intermediates) on both proxy ports
     /// instead of one from the local CA; reloaded when it or the key changes.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -147,7 +151,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Kept with the other keys, so a restart shows an unknown user the same fake salt.
     let fake_scram_key = proxy::FakeScramKey::load_or_create(&dir.join("scram-fake.key"))
         .context("loading the fake SCRAM salt key")?;
-    let settings = ProxySettings { fake_scram_key, ..ProxySettings::default() };
+    let settings = ProxySettings {
+        fake_scram_key,
+        max_unauthenticated_per_source: args.max_unauthenticated_per_source,
+        ..ProxySettings::default()
+    };
     let proxy = Proxy::new(settings, routes, Some(tls));
     proxy.set_api_keys(Arc::new(crate::key_check::CatalogKeys { catalog: catalog.clone() }));
     let _ = control.route_refresh.set(Arc::new(crate::route_sync::Refresh {

@@ -21,6 +21,11 @@ pub struct RegisteredDatabase {
     pub pool_region: String,
     pub cache_config: serde_json::Value,
     pub pool_config: serde_json::Value,
+    /// The password exchange the registration check saw (`scram-sha-256`, `md5` or
+    /// `password`); `None` for rows from before it was recorded.
+    pub auth_method: Option<String>,
+    /// PEM roots for `verify-ca`/`verify-full`; `None` means the system's.
+    pub ssl_root_cert: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -48,8 +53,8 @@ impl Catalog {
     ) -> Result<RegisteredDatabase, CatalogError> {
         Ok(sqlx::query_as(
             "INSERT INTO registered_databases (id, project_id, host, port, name, username, password_ciphertext, \
-             ssl_mode, role, pool_region, cache_config, pool_config) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
+             ssl_mode, role, pool_region, cache_config, pool_config, auth_method, ssl_root_cert) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING *",
         )
         .bind(&db.id)
         .bind(&db.project_id)
@@ -63,6 +68,8 @@ impl Catalog {
         .bind(&db.pool_region)
         .bind(&db.cache_config)
         .bind(&db.pool_config)
+        .bind(&db.auth_method)
+        .bind(&db.ssl_root_cert)
         .fetch_one(&self.pool)
         .await?)
     }

@@ -86,7 +86,7 @@ async fn fetch(
          AND NOT rolsuper AND NOT rolreplication AND (rolvaliduntil IS NULL OR rolvaliduntil > now())",
         escape_literal(role)
     );
-    let mut stream = login(upstream, aq, timeout).await.map_err(|f| f.error.detail)?;
+    let mut stream = login(upstream, aq, timeout).await.map_err(|f| f.error.detail)?.stream;
     let text = tokio::time::timeout(timeout, query_one(&mut stream, &sql))
         .await
         .map_err(|_| "the auth query timed out".to_string())??;
@@ -103,24 +103,27 @@ fn escape_literal(s: &str) -> String {
 /// Checks that the upstream accepts `user` and `password` as every later login will be
 /// checked (registration does this), and that the role may be routed: not a superuser, not
 /// a replication role. The answer names the step that failed and the upstream's SQLSTATE,
-/// never the upstream's own words.
+/// never the upstream's own words. On success, the password exchange the upstream asked
+/// for, which every later login is held to.
 pub async fn probe(
     upstream: &Upstream,
     user: &str,
     password: &Secret,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<crate::upstream_auth::AuthMethod, String> {
     let aq = AuthQuery { user: user.to_owned(), password: password.clone() };
-    let mut stream = login(upstream, &aq, timeout).await.map_err(|f| {
+    let session = login(upstream, &aq, timeout).await.map_err(|f| {
         tracing::info!(step = f.step.as_str(), detail = %f.error.detail, "registration check failed");
         f.summary()
     })?;
+    let method = session.auth_method.ok_or("authentication: the upstream did not ask for the password")?;
+    let mut stream = session.stream;
     let sql =
         "SELECT (rolsuper OR rolreplication)::text FROM pg_catalog.pg_roles WHERE rolname = current_user";
     let privileged = tokio::time::timeout(timeout, query_one(&mut stream, sql)).await;
     let _ = stream.shutdown().await;
     match privileged {
-        Ok(Ok(Some(v))) if v == "false" => Ok(()),
+        Ok(Ok(Some(v))) if v == "false" => Ok(method),
         Ok(Ok(Some(_))) => Err("startup: the role is a superuser or a replication role there; register a \
                                 role without SUPERUSER and REPLICATION"
             .into()),
@@ -133,7 +136,7 @@ async fn login(
     upstream: &Upstream,
     aq: &AuthQuery,
     timeout: Duration,
-) -> Result<UpstreamStream, crate::upstream::LoginFailure> {
+) -> Result<crate::upstream::UpstreamSession, crate::upstream::LoginFailure> {
     let db = Database {
         name: upstream.dbname.clone(),
         upstream: upstream.clone(),
@@ -147,7 +150,7 @@ async fn login(
     let role =
         Role { name: aq.user.clone(), verifiers: Vec::new(), upstream_password: Some(aq.password.clone()) };
     // The detail carries the upstream's own words (wrong password, no such database).
-    crate::upstream::login(&db, &role, &[], None, timeout).await.map(|up| up.stream)
+    crate::upstream::login(&db, &role, &[], None, timeout).await
 }
 
 /// Runs a simple query and returns the first column of its first row.

@@ -63,6 +63,9 @@ pub struct ProxySection {
     pub connect_timeout: Seconds,
     pub max_message_size: ByteSize,
     pub max_client_connections: usize,
+    /// Connections from one source address still logging in (TLS, startup, SCRAM) that
+    /// may be open at once; more are closed at accept. 0 turns the cap off.
+    pub max_unauthenticated_per_source: usize,
     /// A file holding the key of the fake SCRAM salts shown for unknown users, created
     /// (0600) when missing. Without it each start picks a random key, and an unknown user's
     /// salt then changes at a restart while a real user's does not: set it in production.
@@ -85,6 +88,7 @@ impl Default for ProxySection {
             connect_timeout: Seconds(Duration::from_secs(5)),
             max_message_size: ByteSize(256 << 20),
             max_client_connections: 10_000,
+            max_unauthenticated_per_source: crate::unauthenticated::DEFAULT_MAX_PER_SOURCE,
             fake_scram_key_file: None,
         }
     }

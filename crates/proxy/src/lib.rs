@@ -28,8 +28,10 @@ mod stream;
 pub mod tls;
 mod tls_conn;
 pub mod tls_files;
+mod unauthenticated;
 pub mod units;
 mod upstream;
+pub mod upstream_auth;
 mod upstream_tls;
 
 pub use config::{ConfigError, ConfigFile};
@@ -39,4 +41,5 @@ pub use server::{LISTEN_BACKLOG, Proxy, ProxySettings, ReloadHook, listen};
 pub use session::ListenerKind;
 pub use tls::{LocalCa, TlsServer};
 pub use tls_files::CertificateFiles;
-pub use upstream_tls::client_config as upstream_tls_config;
+pub use unauthenticated::DEFAULT_MAX_PER_SOURCE as DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE;
+pub use upstream_tls::{client_config as upstream_tls_config, client_config_pem as upstream_tls_config_pem};

@@ -193,6 +193,24 @@ pub fn render(proxy: &Proxy) -> String {
     );
     let _ =
         writeln!(out, "berth_auth_failures_total {}", shared.counters.auth_failures.load(Ordering::Relaxed));
+    family(
+        &mut out,
+        "berth_unauthenticated_connections",
+        "gauge",
+        "Client connections accepted that have not finished logging in.",
+    );
+    let _ = writeln!(out, "berth_unauthenticated_connections {}", shared.unauthenticated.total());
+    family(
+        &mut out,
+        "berth_unauthenticated_refused_total",
+        "counter",
+        "Connections closed at accept because their source address had max_unauthenticated_per_source logging in.",
+    );
+    let _ = writeln!(
+        out,
+        "berth_unauthenticated_refused_total {}",
+        shared.unauthenticated.refused.load(Ordering::Relaxed)
+    );
     out
 }
 

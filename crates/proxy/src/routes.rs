@@ -288,6 +288,10 @@ pub enum UpstreamTrust {
         /// Only public addresses may be connected to (loopback, private, link-local and
         /// unique-local ranges refused), checked on every connect after name resolution.
         private_denied: bool,
+        /// The password exchange the registration check saw: a login asked for a weaker one
+        /// is refused (`upstream_auth::refusal`). `None` for registrations made before it
+        /// was recorded.
+        auth_method: Option<crate::upstream_auth::AuthMethod>,
     },
 }
 

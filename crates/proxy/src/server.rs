@@ -55,6 +55,9 @@ pub struct ProxySettings {
     /// random per process; whoever runs the proxy for good keeps one across restarts
     /// (`FakeScramKey::load_or_create`), or a restart tells fake salts from real ones.
     pub fake_scram_key: crate::FakeScramKey,
+    /// Connections from one source address that may be logging in at once (0: no cap);
+    /// more are closed at accept (`unauthenticated`).
+    pub max_unauthenticated_per_source: usize,
 }
 
 impl Default for ProxySettings {
@@ -74,6 +77,7 @@ impl From<&ProxySection> for ProxySettings {
             max_client_connections: s.max_client_connections,
             admin_users: Default::default(),
             fake_scram_key: crate::FakeScramKey::random(),
+            max_unauthenticated_per_source: s.max_unauthenticated_per_source,
         }
     }
 }
@@ -97,6 +101,8 @@ pub(crate) struct Shared {
     pub api_keys: OnceLock<Arc<dyn crate::apikey::ApiKeys>>,
     /// Verifiers of registered upstreams' roles, fetched by auth query.
     pub verifiers: crate::auth_query::VerifierCache,
+    /// Connections still logging in, per source address.
+    pub unauthenticated: Arc<crate::unauthenticated::SourceCounts>,
     deadline: OnceLock<Instant>,
     connections: Arc<Semaphore>,
     /// Connections being refused (TLS and startup only, then 53300).
@@ -144,6 +150,7 @@ impl Proxy {
                 classify: crate::pool::classify::ClassifyCache::new(16 << 20),
                 api_keys: OnceLock::new(),
                 verifiers: Default::default(),
+                unauthenticated: Arc::default(),
                 deadline: OnceLock::new(),
                 connections,
                 refusals: Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS)),
@@ -179,6 +186,14 @@ impl Proxy {
     /// Client connections being served now (including ones still authenticating).
     pub fn connections(&self) -> usize {
         self.shared.settings.max_client_connections - self.shared.connections.available_permits()
+    }
+
+    /// Connections that have not finished logging in, from every source, or from `source`.
+    pub fn unauthenticated_connections(&self, source: Option<std::net::IpAddr>) -> usize {
+        match source {
+            Some(ip) => self.shared.unauthenticated.from(ip),
+            None => self.shared.unauthenticated.total(),
+        }
     }
 
     /// Authenticated client connections to `db` counted against its limit.
@@ -232,9 +247,16 @@ impl Proxy {
                 () = self.shared.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
                         self.shared.counters.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.spawn_connection(stream, peer.to_string(), kind);
+                        let cap = self.shared.settings.max_unauthenticated_per_source;
+                        let Some(guard) = self.shared.unauthenticated.admit(peer.ip(), cap) else {
+                            // Closed before a byte is read: the cap bounds exactly that work.
+                            tracing::debug!(%peer, "closing connection: too many from this address still logging in");
+                            drop(stream);
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
+                        self.spawn_counted(stream, peer.to_string(), kind, Some(guard));
                     }
                     Err(e) => {
                         // Usually EMFILE: back off instead of spinning.
@@ -249,6 +271,19 @@ impl Proxy {
     /// Serves one already-accepted connection (any byte stream: tests use in-memory pipes).
     pub fn spawn_connection<S>(&self, stream: S, peer: String, kind: ListenerKind)
     where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.spawn_counted(stream, peer, kind, None)
+    }
+
+    /// [`Proxy::spawn_connection`], holding `unauthenticated` until the login ends.
+    fn spawn_counted<S>(
+        &self,
+        stream: S,
+        peer: String,
+        kind: ListenerKind,
+        unauthenticated: Option<crate::unauthenticated::SourceGuard>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
@@ -266,12 +301,13 @@ impl Proxy {
                 self.shared.tracker.spawn(async move {
                     crate::login::refuse(shared, stream, peer).await;
                     drop(refusal);
+                    drop(unauthenticated);
                 });
                 return;
             }
         };
         self.shared.tracker.spawn(async move {
-            crate::session::handle(shared, stream, peer, kind).await;
+            crate::session::handle(shared, stream, peer, kind, unauthenticated).await;
             drop(permit);
         });
     }

@@ -18,15 +18,24 @@ pub enum ListenerKind {
     Pooled,
 }
 
-pub(crate) async fn handle<S>(shared: Arc<Shared>, raw: S, peer: String, kind: ListenerKind)
-where
+/// `unauthenticated` counts the connection against its source's cap until the login ends,
+/// whichever way it ends.
+pub(crate) async fn handle<S>(
+    shared: Arc<Shared>,
+    raw: S,
+    peer: String,
+    kind: ListenerKind,
+    unauthenticated: Option<crate::unauthenticated::SourceGuard>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + shared.settings.auth_timeout;
     // Each phase's future is boxed: the task keeps only the live phase's state, so an idle
     // session does not carry the space of the TLS handshake and login it went through.
-    let logged_in = match Box::pin(tokio::time::timeout_at(deadline, login(&shared, raw))).await {
+    let login = Box::pin(tokio::time::timeout_at(deadline, login(&shared, raw))).await;
+    drop(unauthenticated);
+    let logged_in = match login {
         Err(_) => {
             tracing::info!(%peer, "closing connection: authentication timeout");
             return;

@@ -8,7 +8,10 @@
 //! addresses when the operator says so, and no superuser session on a tenant's behalf. The
 //! upstream's messages are bounded (each, and all of startup together), its ReadyForQuery
 //! must be one known status byte, and the PBKDF2 cost it asks for is capped and paid off
-//! the runtime's threads.
+//! the runtime's threads. A registered upstream asking for a weaker password exchange than
+//! it was registered with, or for the cleartext password over unencrypted TCP, gets no
+//! answer (`upstream_auth`). The whole login, not only the connect, is bounded by its
+//! timeout.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -25,6 +28,7 @@ use crate::auth::Authenticated;
 use crate::error::{ErrorKind, SessionError};
 use crate::routes::{Database, Role, SslMode, Upstream, UpstreamAddr, UpstreamTrust};
 use crate::stream::UpstreamStream;
+use crate::upstream_auth::{self, AuthMethod};
 
 /// Startup-phase messages from a server are small; this bounds a confused upstream.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
@@ -41,6 +45,8 @@ pub struct UpstreamSession {
     /// be written to the client.
     pub startup_frames: BytesMut,
     pub status: TransactionStatus,
+    /// The password exchange the upstream asked for (`None`: it let the login in unasked).
+    pub auth_method: Option<AuthMethod>,
 }
 
 /// Which step of opening an upstream session failed. With the upstream's SQLSTATE this is
@@ -153,7 +159,7 @@ async fn connect_tcp(host: &str, port: u16, trust: UpstreamTrust) -> Result<TcpS
         .map_err(|e| fail("the host name does not resolve".into(), format!("{host}:{port}: {e}")))?
         .collect();
     let allowed: Vec<SocketAddr> = match trust {
-        UpstreamTrust::Registered { private_denied: true } => {
+        UpstreamTrust::Registered { private_denied: true, .. } => {
             addrs.iter().copied().filter(|a| is_public(a.ip())).collect()
         }
         _ => addrs.clone(),
@@ -186,6 +192,37 @@ fn unavailable(db: &Database, detail: String) -> SessionError {
             format!("database \"{}\" is not available right now", db.name),
         )),
     )
+}
+
+/// [`unavailable`], telling the client which step failed in Berth's words (never the
+/// upstream's bytes), so a tenant whose upstream's certificate does not verify can see why.
+fn unavailable_at(db: &Database, step: Step, public: &str, detail: String) -> SessionError {
+    let mut e = unavailable(db, detail);
+    e.response = e.response.map(|r| r.with_detail(format!("{}: {public}", step.as_str())));
+    e
+}
+
+/// Berth's words for a failed TLS handshake with an upstream: what about its certificate
+/// did not verify, when that was it.
+fn tls_words(e: &std::io::Error) -> String {
+    use rustls::CertificateError as C;
+    let Some(rustls::Error::InvalidCertificate(cert)) =
+        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return "the TLS handshake failed".into();
+    };
+    match cert {
+        C::UnknownIssuer | C::BadSignature => {
+            "the upstream's certificate is not signed by a CA this registration trusts".into()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "the upstream's certificate is not valid for its host name".into()
+        }
+        C::Expired | C::ExpiredContext { .. } => "the upstream's certificate has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "the upstream's certificate is not valid yet".into(),
+        C::Revoked => "the upstream's certificate is revoked".into(),
+        _ => "the upstream's certificate did not verify".into(),
+    }
 }
 
 /// Opens the byte stream to the upstream, negotiating TLS as its `ssl_mode` says.
@@ -226,9 +263,10 @@ pub async fn open_transport(
                         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
                             tls_fail("the host is not a valid TLS server name", format!("{host}: {e}"))
                         })?;
-                        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(
-                            |e| tls_fail("the TLS handshake failed", format!("TLS to {host}:{port}: {e}")),
-                        )?;
+                        let tls = tokio_rustls::TlsConnector::from(config)
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| tls_fail(&tls_words(&e), format!("TLS to {host}:{port}: {e}")))?;
                         Ok(UpstreamStream::Tls(Box::new(tls)))
                     }
                     b'N' if upstream.ssl_mode == SslMode::Prefer => Ok(UpstreamStream::Tcp(tcp)),
@@ -262,7 +300,8 @@ pub async fn connect(
     login(db, role, client_params, keys, timeout).await.map_err(|f| f.error)
 }
 
-/// [`connect`], saying which step failed.
+/// [`connect`], saying which step failed. `timeout` bounds the whole login: an upstream
+/// that accepts the connection and then says nothing is a failed login, not a hang.
 pub async fn login(
     db: &Database,
     role: &Role,
@@ -270,10 +309,35 @@ pub async fn login(
     keys: Option<&Authenticated>,
     timeout: Duration,
 ) -> Result<UpstreamSession, LoginFailure> {
+    let mut reached = Step::Connect;
+    let result =
+        tokio::time::timeout(timeout, login_steps(db, role, client_params, keys, timeout, &mut reached))
+            .await;
+    result.unwrap_or_else(|_| {
+        let detail = format!(
+            "upstream login to {} timed out at its {} step after {}",
+            db.upstream.addr,
+            reached.as_str(),
+            humantime::format_duration(timeout)
+        );
+        Err(LoginFailure::new(reached, "timed out", unavailable_at(db, reached, "timed out", detail)))
+    })
+}
+
+async fn login_steps(
+    db: &Database,
+    role: &Role,
+    client_params: &[(String, String)],
+    keys: Option<&Authenticated>,
+    timeout: Duration,
+    reached: &mut Step,
+) -> Result<UpstreamSession, LoginFailure> {
     let trust = db.upstream.trust;
-    let mut stream = open_transport(&db.upstream, timeout)
-        .await
-        .map_err(|e| LoginFailure::new(e.step, e.public, unavailable(db, e.detail)))?;
+    let mut stream = open_transport(&db.upstream, timeout).await.map_err(|e| {
+        let error = unavailable_at(db, e.step, &e.public, e.detail);
+        LoginFailure::new(e.step, e.public, error)
+    })?;
+    *reached = Step::Startup;
     let broken = |step: Step, detail: String| {
         LoginFailure::new(step, "the upstream did not answer as PostgreSQL", unavailable(db, detail))
     };
@@ -299,6 +363,9 @@ pub async fn login(
     let mut authenticated = false;
     // The upstream asked for the password, or (SCRAM) proved it holds its verifier.
     let mut proved = false;
+    let mut method: Option<AuthMethod> = None;
+    // Cleartext may travel inside TLS or a local socket only.
+    let encrypted = !matches!(stream, UpstreamStream::Tcp(_));
     let login_failed = |public: &str, detail: String| {
         LoginFailure::new(
             Step::Authentication,
@@ -315,6 +382,7 @@ pub async fn login(
     };
     loop {
         let step = if authenticated { Step::Startup } else { Step::Authentication };
+        *reached = step;
         if startup_frames.len() > MAX_STARTUP_FRAMES {
             return Err(broken(
                 step,
@@ -337,6 +405,30 @@ pub async fn login(
                          upstreams must ask for one (password, md5 or scram-sha-256 in pg_hba.conf)",
                         "the upstream accepted the login without checking the password".into(),
                     ));
+                }
+                if let Some(asked) = AuthMethod::requested(&auth) {
+                    if let UpstreamTrust::Registered { auth_method: registered, .. } = trust
+                        && let Some(why) = upstream_auth::refusal(asked, registered, encrypted)
+                    {
+                        // Returned before `answer_auth`: not one byte derived from the
+                        // password goes to an upstream that asked for it this way.
+                        return Err(LoginFailure::new(
+                            Step::Authentication,
+                            why.clone(),
+                            SessionError::new(
+                                ErrorKind::Upstream,
+                                format!("upstream authentication for role {} refused: {why}", role.name),
+                                Some(ErrorResponse::fatal(
+                                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                                    format!(
+                                        "the proxy refused to authenticate to database \"{}\": {why}",
+                                        db.name
+                                    ),
+                                )),
+                            ),
+                        ));
+                    }
+                    method.get_or_insert(asked);
                 }
                 proved |= matches!(
                     auth,
@@ -386,7 +478,14 @@ pub async fn login(
                     .map_err(|e| broken(Step::Startup, e.to_string()))?;
                 let (pid, secret) =
                     key.ok_or_else(|| broken(Step::Startup, "upstream sent no BackendKeyData".into()))?;
-                return Ok(UpstreamSession { stream, pid, secret, startup_frames, status });
+                return Ok(UpstreamSession {
+                    stream,
+                    pid,
+                    secret,
+                    startup_frames,
+                    status,
+                    auth_method: method,
+                });
             }
             tag::ERROR_RESPONSE => {
                 let err = ErrorResponse::decode(&frame.body).map_err(|e| broken(step, e.to_string()))?;

@@ -1,6 +1,7 @@
 //! TLS to upstreams, following libpq's `sslmode`: `prefer` and `require` encrypt without
-//! checking the certificate, `verify-ca` checks the chain against `ssl_root_cert`, and
-//! `verify-full` also checks the host name.
+//! checking the certificate, `verify-ca` checks the chain against the trusted roots (the
+//! operator's `ssl_root_cert` file, or the PEM a registration supplied) but not the name,
+//! and `verify-full` checks both. It never trusts a root it was not given.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,23 @@ use crate::routes::SslMode;
 use crate::tls::provider;
 
 pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, String> {
+    let pem = match root_cert {
+        Some(path) if mode.verifies() => {
+            Some(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        _ => None,
+    };
+    client_config_pem(mode, pem.as_deref()).map_err(|e| match root_cert {
+        Some(path) => format!("{}: {e}", path.display()),
+        None => e,
+    })
+}
+
+/// [`client_config`] with the trusted roots given as PEM text (one or more certificates).
+pub fn client_config_pem(
+    mode: SslMode,
+    roots_pem: Option<&[u8]>,
+) -> Result<Option<Arc<ClientConfig>>, String> {
     if !mode.uses_tls() {
         return Ok(None);
     }
@@ -22,10 +40,14 @@ pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<Option<A
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let config = if mode.verifies() {
-        let path = root_cert.ok_or("ssl_root_cert is required")?;
+        let pem = roots_pem.ok_or("ssl_root_cert is required")?;
         let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))? {
-            roots.add(cert.map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| e.to_string())?;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("the root certificates are not valid PEM: {e}"))?;
+            roots.add(cert).map_err(|e| format!("a root certificate is not usable: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("the root certificates hold no certificate".into());
         }
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()

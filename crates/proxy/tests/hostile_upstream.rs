@@ -221,7 +221,7 @@ async fn serve(
 fn route_to(s: &Stack, impostor: &Impostor) {
     let mut hostile = testkit::route("hostile", &s.pg, "hostile", &[("alice", PASSWORD)], Limits::default());
     hostile.upstream.addr = UpstreamAddr::Tcp { host: "127.0.0.1".into(), port: impostor.addr.port() };
-    hostile.upstream.trust = UpstreamTrust::Registered { private_denied: false };
+    hostile.upstream.trust = UpstreamTrust::Registered { private_denied: false, auth_method: None };
     let app = testkit::route("app", &s.pg, "app", &[("alice", PASSWORD)], Limits::default());
     s.proxy.proxy.set_routes(RouteTable::new([app, hostile]));
 }

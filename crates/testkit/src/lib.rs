@@ -6,9 +6,11 @@
 mod pg;
 mod proxy;
 pub mod raw;
+mod tcp_pg;
 
 pub use pg::TestPg;
 pub use proxy::{TestProxy, client_tls, route};
+pub use tcp_pg::TcpPg;
 
 /// Installs a tracing subscriber once, writing to the test's captured output.
 pub fn init_tracing() {

@@ -37,8 +37,19 @@ pub trait UpstreamProbe: Send + Sync + 'static {
         &'a self,
         caller: &'a str,
         db: &'a Upstream,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProbeError>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Probed, ProbeError>> + Send + 'a>>;
 }
+
+/// What a registration check that passed saw, stored with the registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probed {
+    /// The password exchange the upstream asked for, as pg_hba.conf spells it
+    /// (`scram-sha-256`, `md5`, `password`): later logins asked for a weaker one are refused.
+    pub auth_method: String,
+}
+
+/// Largest `ssl_root_cert` accepted: a CA bundle of a few dozen certificates.
+const MAX_ROOT_CERT_BYTES: usize = 256 * 1024;
 
 /// Why a registration check said no.
 #[derive(Debug)]
@@ -58,6 +69,8 @@ pub struct Upstream {
     pub username: String,
     pub password: Secret,
     pub ssl_mode: String,
+    /// PEM roots for `verify-ca`/`verify-full`; `None`: the system's (verify-full only).
+    pub ssl_root_cert: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -109,6 +122,11 @@ pub struct RegisterDatabaseRequest {
     /// `disable`, `prefer`, `require` (default), `verify-ca` or `verify-full`.
     #[serde(default = "default_ssl_mode")]
     pub ssl_mode: String,
+    /// The CA certificates (PEM) `verify-ca` and `verify-full` trust for this upstream.
+    /// Without it, `verify-full` trusts the system's roots and `verify-ca` is refused (any
+    /// publicly issued certificate would pass it), as libpq's `sslrootcert=system` does.
+    #[serde(default)]
+    pub ssl_root_cert: Option<String>,
     #[serde(default)]
     pub role: DatabaseRole,
     #[serde(default)]
@@ -148,6 +166,13 @@ pub struct DatabaseView {
     pub name: String,
     pub username: String,
     pub ssl_mode: String,
+    /// The CA certificates (PEM) the upstream's certificate is verified against; null for
+    /// the system's roots (or no verification).
+    pub ssl_root_cert: Option<String>,
+    /// The password exchange the upstream asked for at registration (`scram-sha-256`,
+    /// `md5`, `password`); a login asked for a weaker one is refused. Null for
+    /// registrations made before it was recorded.
+    pub auth_method: Option<String>,
     pub role: String,
     pub pool_region: String,
     pub cache_config: serde_json::Value,
@@ -201,6 +226,8 @@ fn view(control: &Control, d: RegisteredDatabase) -> DatabaseView {
         name: d.name,
         username: d.username,
         ssl_mode: d.ssl_mode,
+        ssl_root_cert: d.ssl_root_cert,
+        auth_method: d.auth_method,
         role: d.role,
         pool_region: if d.pool_region.is_empty() { LOCAL_REGION.to_owned() } else { d.pool_region },
         cache_config: d.cache_config,
@@ -227,6 +254,28 @@ fn validate_host(host: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid("host must be a host name, an IP address, or a socket directory"))
+    }
+}
+
+/// `ssl_root_cert` only where it is used, of a sane size, and no verify-ca on the system's
+/// roots. Whether it holds usable certificates is the check's to say.
+fn validate_roots(mode: &str, roots: Option<&str>) -> Result<(), ApiError> {
+    match roots {
+        Some(_) if !matches!(mode, "verify-ca" | "verify-full") => {
+            Err(ApiError::invalid("ssl_root_cert applies to ssl_mode verify-ca and verify-full only"))
+        }
+        Some(pem) if pem.len() > MAX_ROOT_CERT_BYTES || !pem.contains("-----BEGIN CERTIFICATE-----") => {
+            Err(ApiError::invalid(format!(
+                "ssl_root_cert must be PEM certificates (-----BEGIN CERTIFICATE-----), at most {} KiB",
+                MAX_ROOT_CERT_BYTES / 1024
+            )))
+        }
+        None if mode == "verify-ca" => Err(ApiError::invalid(
+            "ssl_mode verify-ca needs ssl_root_cert (the CA that signed the upstream's certificate): \
+             with the system's roots any publicly issued certificate would pass; use verify-full for \
+             a certificate from a public CA",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -298,6 +347,7 @@ pub async fn create(
         if !SSL_MODES.contains(&req.ssl_mode.as_str()) {
             return Err(ApiError::invalid(format!("ssl_mode must be one of {}", SSL_MODES.join(", "))));
         }
+        validate_roots(&req.ssl_mode, req.ssl_root_cert.as_deref())?;
         validate_cache(&req.cache_config)?;
         validate_pool(&req.pool_config)?;
         let upstream = Upstream {
@@ -307,11 +357,12 @@ pub async fn create(
             username: req.username.clone(),
             password: Secret::new(req.password.clone()),
             ssl_mode: req.ssl_mode.clone(),
+            ssl_root_cert: req.ssl_root_cert.clone(),
         };
         let probe = control.upstream_probe.get().ok_or_else(|| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "upstreams cannot be checked here")
         })?;
-        probe.probe(&caller.key.id, &upstream).await.map_err(|e| match e {
+        let probed = probe.probe(&caller.key.id, &upstream).await.map_err(|e| match e {
             ProbeError::Rejected(why) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "upstream_rejected",
@@ -340,6 +391,8 @@ pub async fn create(
             pool_region: req.pool_region,
             cache_config: to_json(&req.cache_config),
             pool_config: to_json(&req.pool_config),
+            auth_method: Some(probed.auth_method),
+            ssl_root_cert: req.ssl_root_cert,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };

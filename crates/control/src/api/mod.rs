@@ -30,7 +30,7 @@ use crate::Control;
 use crate::error::ApiError;
 
 pub use databases::{
-    DEFAULT_MIN_POOL_SIZE, DEFAULT_POOL_SIZE, DatabasePoolConfig, ProbeError, SSL_MODES, Upstream,
+    DEFAULT_MIN_POOL_SIZE, DEFAULT_POOL_SIZE, DatabasePoolConfig, ProbeError, Probed, SSL_MODES, Upstream,
     UpstreamProbe,
 };
 pub use openapi::ApiDoc;
