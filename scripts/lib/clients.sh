@@ -21,7 +21,10 @@ DEADLINE_SECONDS=60
 read -ra CLIENTS <<<"${BERTH_CLIENTS:-node-postgres prisma drizzle psycopg2 psycopg sqlalchemy-psycopg2 sqlalchemy-asyncpg}"
 PORTS=(direct pooled)
 # Trust setups, each a function trust_<name> (dashes as underscores); see the ACME note below.
-SETUPS=(verify-full require-trusted)
+SETUPS=(verify-full require-trusted require-acme verify-acme)
+# Clients a setup cannot run, and why: a line says so at each run.
+declare -A SKIP=([verify-acme]="node-postgres prisma sqlalchemy-asyncpg")
+declare -A SKIP_WHY=([verify-acme]="they open sslrootcert=system as a file named system")
 
 RUN=$(mktemp -d /tmp/berth-clients.XXXXXX) # 0700: berth up's stdout shows the admin key
 UP_PIDS=()
@@ -138,17 +141,27 @@ berth_cli() {
   env -u BERTH_API_URL -u BERTH_API_KEY "$BERTH" "$@" --data "$RUN/$name.data"
 }
 
+# wait_served URL [VAR=value...]: until psycopg2 connects with URL (routes follow the
+# catalog a moment after the project is ready). The string goes in the environment, not on
+# a command line.
+wait_served() {
+  local url=$1 waited=0
+  shift
+  until BERTH_CLIENT_URL=$url env "$@" "$PYTHON" -c \
+    'import os, psycopg2; psycopg2.connect(os.environ["BERTH_CLIENT_URL"]).close()' 2>/dev/null; do
+    [ "$waited" -lt 150 ] || { say "project clients is not served"; exit 1; }
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+}
+
 pooled_flag() { [ "$1" = pooled ] && echo --pooled || true; }
 
 # --- trust setups -----------------------------------------------------------------------
 # trust_<setup> PORT sets CASE_URL (the string a user would give the client) and CASE_ENV
 # (VAR=value words the client runs with; NODE_EXTRA_CA_CERTS and PG* are unset otherwise).
 #
-# An ACME setup (berth up --public-host with --acme-directory) is one more function here
-# and one more word in SETUPS: start its own berth up with start_berth acme --public-host
-# ... --acme-directory <pebble> (once, guarded like LOCAL below), set CASE_URL from
-# `berth_cli acme connection clients`, and CASE_ENV to trust pebble's root as a public CA
-# would be (NODE_EXTRA_CA_CERTS, PGSSLROOTCERT=...; sslrootcert=system for libpq 16+).
+# (c), the ACME setup, has a berth up of its own (started by start_acme below).
 
 LOCAL=local # the berth up with its local CA that both setups below share
 
@@ -167,6 +180,122 @@ trust_verify_full() {
 trust_require_trusted() {
   CASE_URL=$(berth_cli "$LOCAL" connection clients $(pooled_flag "$1"))
   CASE_ENV=("NODE_EXTRA_CA_CERTS=$RUN/berth-ca.pem" "PGSSLROOTCERT=$RUN/berth-ca.pem")
+}
+
+# (c) ACME: `berth up --public-host db.berth.test --acme-directory <pebble>`, Let's Encrypt's
+# test CA on loopback answered by Berth's own DNS-01 responder, and the string as `berth
+# connection` prints it (sslmode=require, host db.berth.test). What
+# stands in for the public world, through the environment only (never the system store or
+# /etc/hosts): pebble's root, new at every start, trusted as a public CA is by default
+# (NODE_EXTRA_CA_CERTS for Node, PGSSLROOTCERT for libpq and asyncpg, with which require
+# verifies the chain), and the DNS record of the public host: nss_wrapper (LD_PRELOAD,
+# NSS_WRAPPER_HOSTS) answers getaddrinfo for the printed host with 127.0.0.1, so each client
+# resolves the printed host itself and verifies the certificate for it.
+ACME=acme
+ACME_HOST=db.berth.test
+ACME_DEADLINE_SECONDS=60
+NSS_WRAPPER=$(dpkg -L libnss-wrapper 2>/dev/null | grep -m1 '/libnss_wrapper\.so$' || true)
+
+# A UDP and TCP port free on loopback at once (Berth's responder; pebble asks it).
+free_dns_port() {
+  python3 -c '
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+    t = socket.socket(); port = u.getsockname()[1]
+    try:
+        t.bind(("127.0.0.1", port)); print(port); break
+    except OSError:
+        pass'
+}
+
+# pebble on free loopback ports, its HTTPS certificate (for 127.0.0.1) signed by a CA made
+# here; sets PEBBLE_DIRECTORY, PEBBLE_HTTPS_CA and PEBBLE_MANAGEMENT.
+start_pebble() {
+  local dns_port=$1 dir=$RUN/pebble port management waited=0
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=pebble-https-ca -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -x509 -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -newkey ec \
+    -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+    -addext extendedKeyUsage=serverAuth -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+  port=$(free_port)
+  management=$(free_port)
+  cat >"$dir/config.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$port", "managementListenAddress": "127.0.0.1:$management",
+  "certificate": "$dir/cert.pem", "privateKey": "$dir/key.pem",
+  "httpPort": $(free_port), "tlsPort": $(free_port), "ocspResponderURL": "",
+  "externalAccountBindingRequired": false}}
+JSON
+  PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 pebble -config "$dir/config.json" \
+    -dnsserver "127.0.0.1:$dns_port" >"$RUN/pebble.log" 2>&1 &
+  UP_PIDS+=("$!")
+  until curl -fsS --cacert "$dir/ca.pem" -o /dev/null "https://127.0.0.1:$port/dir" 2>/dev/null; do
+    [ "$waited" -lt 100 ] || { say "pebble did not come up:"; tail -n 20 "$RUN/pebble.log" >&2; exit 1; }
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  PEBBLE_DIRECTORY=https://127.0.0.1:$port/dir
+  PEBBLE_HTTPS_CA=$dir/ca.pem
+  PEBBLE_MANAGEMENT=https://127.0.0.1:$management
+}
+
+# pebble, then berth up under ACME with the project clients; returns once the proxy serves
+# pebble's certificate for clients.db.berth.test.
+start_acme() {
+  local dns_port waited=0 started=$SECONDS url hostport issuer
+  [ -n "$NSS_WRAPPER" ] && [ -r "$NSS_WRAPPER" ] || { say "libnss-wrapper is needed (BERTH_PACKAGES)"; exit 1; }
+  dns_port=$(free_dns_port)
+  start_pebble "$dns_port"
+  start_berth "$ACME" --public-host "$ACME_HOST" --acme-directory "$PEBBLE_DIRECTORY" \
+    --acme-ca-root "$PEBBLE_HTTPS_CA" --acme-dns-listen "127.0.0.1:$dns_port"
+  curl -fsS --cacert "$PEBBLE_HTTPS_CA" -o "$RUN/pebble-root.pem" "$PEBBLE_MANAGEMENT/roots/0"
+  berth_cli "$ACME" projects create clients >/dev/null
+  until grep -q 'ACME certificate installed' "$RUN/$ACME.log"; do
+    if grep -q 'ACME certificate not obtained' "$RUN/$ACME.log" || [ "$waited" -ge $((ACME_DEADLINE_SECONDS * 5)) ]; then
+      say "no certificate from pebble within ${ACME_DEADLINE_SECONDS} s:"
+      tail -n 20 "$RUN/$ACME.log" >&2
+      exit 1
+    fi
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+  # What the direct port serves for the printed host, verified against pebble's root.
+  url=$(berth_cli "$ACME" connection clients)
+  hostport=${url#*@}
+  hostport=${hostport%%/*}
+  printf '127.0.0.1 %s\n' "${hostport%:*}" >"$RUN/hosts"
+  issuer=$(openssl s_client -starttls postgres -connect "127.0.0.1:${hostport##*:}" \
+    -servername "${hostport%:*}" -verify_hostname "${hostport%:*}" -CAfile "$RUN/pebble-root.pem" \
+    -verify_return_error </dev/null 2>/dev/null | sed -n 's/^issuer=//p') ||
+    { say "the proxy does not serve a certificate for ${hostport%:*} that pebble's root verifies"; exit 1; }
+  say "ACME: certificate for ${hostport%:*} from pebble (issuer $issuer) after $((SECONDS - started)) s"
+  wait_served "$url" "LD_PRELOAD=$NSS_WRAPPER" "NSS_WRAPPER_HOSTS=$RUN/hosts"
+  ACME_STARTED=1
+}
+
+trust_require_acme() {
+  [ -n "${ACME_STARTED:-}" ] || start_acme
+  CASE_URL=$(berth_cli "$ACME" connection clients $(pooled_flag "$1"))
+  CASE_ENV=("LD_PRELOAD=$NSS_WRAPPER" "NSS_WRAPPER_HOSTS=$RUN/hosts"
+    "NODE_EXTRA_CA_CERTS=$RUN/pebble-root.pem" "PGSSLROOTCERT=$RUN/pebble-root.pem")
+}
+
+# (d) `berth connection --verify` under ACME: sslmode=verify-full&sslrootcert=system, which
+# libpq 16+ verifies against the system store, that is OpenSSL's default file, and which
+# SSL_CERT_FILE replaces for the one process (so pebble's root stands in for the public CAs
+# and nothing else is trusted; the system store is not touched). For postgres.js, which
+# ignores sslrootcert and verifies against Node's CAs, NODE_EXTRA_CA_CERTS. node-postgres,
+# Prisma's adapter-pg and asyncpg 0.32 open sslrootcert=system as a file and fail with
+# ENOENT whatever is trusted: they take the printed sslmode=require string, (c) above.
+trust_verify_acme() {
+  [ -n "${ACME_STARTED:-}" ] || start_acme
+  CASE_URL=$(berth_cli "$ACME" connection clients $(pooled_flag "$1") --verify)
+  CASE_ENV=("LD_PRELOAD=$NSS_WRAPPER" "NSS_WRAPPER_HOSTS=$RUN/hosts"
+    "SSL_CERT_FILE=$RUN/pebble-root.pem" "NODE_EXTRA_CA_CERTS=$RUN/pebble-root.pem")
 }
 
 # --- running one case -------------------------------------------------------------------
@@ -216,10 +345,14 @@ report() { # report ok|FAIL CLIENT PORT SETUP [detail]
 # Runs every client on both ports under SETUP; prints one line per case, and on failure
 # what the client said.
 run_setup() {
-  local setup=$1 port client
+  local setup=$1 port client skipped=()
+  for client in "${CLIENTS[@]}"; do
+    [[ " ${SKIP[$setup]:-} " != *" $client "* ]] || skipped+=("$client")
+  done
   for port in "${PORTS[@]}"; do
     "trust_${setup//-/_}" "$port"
     for client in "${CLIENTS[@]}"; do
+      [[ " ${skipped[*]} " != *" $client "* ]] || continue
       if run_case "$client" "$port" "$client $port $setup"; then
         report ok "$client" "$port" "$setup"
       else
@@ -228,6 +361,7 @@ run_setup() {
       fi
     done
   done
+  [ ${#skipped[@]} -eq 0 ] || printf 'not run under %s: %s (%s)\n' "$setup" "${skipped[*]}" "${SKIP_WHY[$setup]}"
 }
 
 # expect_refusal CLIENT PORT WHAT: the case set up by the caller must fail on the
@@ -262,15 +396,7 @@ main() {
   start_berth "$LOCAL"
   berth_cli "$LOCAL" projects create clients >/dev/null
   curl -fsS "$(cat "$RUN/$LOCAL.data/api.url")/v1/tls/ca.pem" -o "$RUN/berth-ca.pem"
-  # Routes follow the catalog a moment after the project is ready. (The string goes in the
-  # environment, not on a command line.)
-  local waited=0
-  until BERTH_CLIENT_URL=$(berth_cli "$LOCAL" connection clients) "$PYTHON" -c \
-    'import os, psycopg2; psycopg2.connect(os.environ["BERTH_CLIENT_URL"]).close()' 2>/dev/null; do
-    [ "$waited" -lt 150 ] || { say "project clients is not served"; exit 1; }
-    sleep 0.2
-    waited=$((waited + 1))
-  done
+  wait_served "$(berth_cli "$LOCAL" connection clients)"
 
   local setup
   for setup in "${SETUPS[@]}"; do
@@ -297,6 +423,19 @@ main() {
   CASE_ENV=()
   for client in "${CLIENTS[@]}"; do
     case $client in node-postgres | prisma) expect_refusal "$client" direct "require, CA not trusted" ;; esac
+  done
+  # Under ACME: node-postgres refuses pebble's certificate when Node does not trust its root,
+  trust_require_acme direct
+  CASE_ENV=("${CASE_ENV[@]:0:2}") # the host's stand-in DNS record only
+  for client in "${CLIENTS[@]}"; do
+    [ "$client" != node-postgres ] || expect_refusal "$client" direct "require-acme, root not trusted"
+  done
+  # And psycopg2 the --verify string when SSL_CERT_FILE does not name pebble's root: the
+  # system store does not hold it.
+  trust_verify_acme direct
+  CASE_ENV=("${CASE_ENV[@]:0:2}")
+  for client in "${CLIENTS[@]}"; do
+    [ "$client" != psycopg2 ] || expect_refusal "$client" direct "verify-acme, root not trusted"
   done
 
   if [ "$FAILED" -gt 0 ]; then

@@ -37,8 +37,11 @@ ensure_rust() {
 # ca-certificates (the stage makes its venv --without-pip and runs pip from its wheel).
 # pebble, Let's Encrypt's ACME test server (depends on libc6 only), for the ACME test
 # (crates/berth/tests/acme.rs), which fails when it is missing rather than skipping.
+# libnss-wrapper (depends on libc6 only) for the client stage's ACME setup: its LD_PRELOAD
+# library answers getaddrinfo for the public host from a file (NSS_WRAPPER_HOSTS), the
+# stand-in for its DNS record, so /etc/hosts is never edited.
 BERTH_PACKAGES=(postgresql postgresql-client postgresql-contrib pkg-config gcc libc6-dev
-  libclang1-14 libclang-common-14-dev python3 curl openssl pebble)
+  libclang1-14 libclang-common-14-dev python3 curl openssl pebble libnss-wrapper)
 
 # Node and npm for the client stage, looked for and not installed: Debian's nodejs and npm
 # depend on ca-certificates (above), and Node from NodeSource bundles npm.
