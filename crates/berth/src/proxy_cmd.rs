@@ -50,7 +50,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         None => None,
     };
     tokio::spawn(reload_on_change(proxy.clone(), args.config.clone()));
-    let signal = crate::signals::terminate().await?;
+    let signal = crate::signals::terminate()?.await;
     tracing::info!(signal, "shutting down: no new connections, waiting for transactions to finish");
     proxy.shutdown();
     let _ = serve.await;

@@ -119,19 +119,78 @@ fn pool_config(json: &serde_json::Value, max_pooled: Option<i32>) -> PoolConfig 
     }
 }
 
-/// The whole table: every branch's route and every registered upstream's.
+/// The whole table: every branch's route and every registered upstream's, and what each
+/// project's SNI label serves.
 pub async fn snapshot(
     catalog: &Catalog,
     instances: &Instances,
     key: &catalog::MasterKey,
     policy: &UpstreamPolicy,
 ) -> Result<RouteTable, catalog::CatalogError> {
-    let mut table = route_table(catalog.route_snapshot().await?, instances);
-    let registered = crate::registered::databases(catalog.registered_routes().await?, key, policy);
+    let entries = catalog.route_snapshot().await?;
+    // A project's own database first (its main branch), then its registered ones.
+    let mut names: Vec<SniName> = entries
+        .iter()
+        .filter(|e| e.database == e.project_name)
+        .map(|e| SniName {
+            project_id: e.project_id.clone(),
+            project: e.project_name.clone(),
+            database: e.dbname.clone(),
+            route: e.database.clone(),
+            default: true,
+        })
+        .collect();
+    let mut table = route_table(entries, instances);
+    let rows = catalog.registered_routes().await?;
+    names.extend(rows.iter().map(|r| SniName {
+        project_id: r.database.project_id.clone(),
+        project: r.project_name.clone(),
+        database: r.database.name.clone(),
+        route: r.database.id.clone(),
+        default: false,
+    }));
+    let registered = crate::registered::databases(rows, key, policy);
     for name in table.extend(registered) {
         tracing::warn!(database = %name, "registered database id already routed; skipped");
     }
+    add_sni_names(&mut table, names);
     Ok(table)
+}
+
+/// A database's name under its project's SNI label (`<project>.<public-host>`).
+struct SniName {
+    project_id: String,
+    project: String,
+    /// The upstream's own name for it: what `current_database()` says there.
+    database: String,
+    route: String,
+    /// The project's main branch: logins naming no database (or their role) reach it.
+    default: bool,
+}
+
+/// Labels are case-insensitive: the first project (by id, as the catalog lists them) whose
+/// name is a label keeps it, as the first of a database name does. Within a label the first
+/// database of a name keeps it: the project's own, then registered primaries, oldest first
+/// (`catalog::Catalog::sni_owners` prints strings by the same rule).
+fn add_sni_names(table: &mut RouteTable, names: Vec<SniName>) {
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for n in names {
+        let owner = owners.entry(n.project.to_ascii_lowercase()).or_insert_with(|| n.project_id.clone());
+        if *owner != n.project_id {
+            tracing::warn!(project_id = %n.project_id, label = %n.project, "SNI label served by another project; skipped");
+            continue;
+        }
+        if table.get(&n.route).is_none() {
+            continue;
+        }
+        if !table.add_sni_name(&n.project, &n.database, &n.route) {
+            tracing::debug!(project_id = %n.project_id, database = %n.route, name = %n.database, "name already served under the project's SNI label; reached by its id only");
+            continue;
+        }
+        if n.default {
+            table.set_sni_default(&n.project, &n.route);
+        }
+    }
 }
 
 async fn reload(
@@ -316,6 +375,55 @@ mod tests {
         );
         let blog = table.get("blog").expect("blog");
         assert_eq!(blog.pool, PoolConfig { max_active: None, ..PoolConfig::default() });
+    }
+
+    #[test]
+    fn a_label_goes_to_the_first_project_of_its_name_and_a_name_to_its_first_database() {
+        let name = |project_id: &str, project: &str, database: &str, route: &str, default: bool| SniName {
+            project_id: project_id.into(),
+            project: project.into(),
+            database: database.into(),
+            route: route.into(),
+            default,
+        };
+        let db = |name: &str| Database {
+            name: name.into(),
+            upstream: Upstream {
+                addr: UpstreamAddr::Tcp { host: "127.0.0.1".into(), port: 5432 },
+                dbname: name.into(),
+                ssl_mode: SslMode::Disable,
+                ssl_root_cert: None,
+                tls: None,
+                trust: proxy::routes::UpstreamTrust::Managed,
+            },
+            roles: HashMap::new(),
+            limits: Limits::default(),
+            pool: PoolConfig::default(),
+            api_key_access: None,
+            auth_query: None,
+            close_sessions_on_removal: true,
+        };
+        let routes = ["shop", "Shop", "db_1", "db_2", "db_3"].map(db);
+        let mut table = RouteTable::new(routes);
+        add_sni_names(
+            &mut table,
+            vec![
+                name("p1", "shop", "shop", "shop", true),
+                // Another project whose name is the same label: not served under it.
+                name("p2", "Shop", "Shop", "Shop", true),
+                name("p1", "shop", "mydb", "db_1", false),
+                name("p2", "Shop", "mydb", "db_2", false),
+                // The project's own database keeps its name; a route not in the table is none.
+                name("p1", "shop", "shop", "db_3", false),
+                name("p1", "shop", "gone", "db_9", false),
+            ],
+        );
+        let route = |db: &str| table.for_sni_login("shop", db, "u").route.map(|d| d.name.clone());
+        assert_eq!(route("shop").as_deref(), Some("shop"));
+        assert_eq!(route("").as_deref(), Some("shop"));
+        assert_eq!(route("mydb").as_deref(), Some("db_1"));
+        assert_eq!(route("Shop"), None);
+        assert_eq!(route("gone"), None);
     }
 
     #[test]

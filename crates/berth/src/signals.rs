@@ -2,12 +2,15 @@
 
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Resolves at the first SIGTERM or SIGINT.
-pub async fn terminate() -> std::io::Result<&'static str> {
+/// Handles SIGTERM and SIGINT from now on; the future resolves at the first one. Installed
+/// before a process says it is up, so a signal sent as soon as it says so is not fatal.
+pub fn terminate() -> std::io::Result<impl Future<Output = &'static str>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }

@@ -102,8 +102,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let boot = crate::bootstrap::run(&catalog, &dir).await?;
     // The local CA is made even when the operator's certificate is served, so the data
     // directory is the same either way and going back to it needs nothing.
-    let hostnames = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let ca = LocalCa::load_or_create(&dir, &hostnames)?;
+    let sni_host = args.public_host.as_deref().and_then(sni_host);
+    let ca =
+        LocalCa::load_or_create(&dir, &local_ca_names(args.public_host.as_deref(), sni_host.as_deref()))?;
 
     let instances = Arc::new(Instances::new(bins, &dir, InitOptions::default()));
     let template = Arc::clone(&instances);
@@ -116,7 +117,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let (api_addr, pooled_addr, direct_addr) =
         (api_listener.local_addr()?, pooled_listener.local_addr()?, direct_listener.local_addr()?);
     let host = args.public_host.clone().unwrap_or_else(|| host_of(direct_addr));
-    let endpoints = Endpoints { host, pooled_port: pooled_addr.port(), direct_port: direct_addr.port() };
+    let endpoints = Endpoints {
+        host,
+        pooled_port: pooled_addr.port(),
+        direct_port: direct_addr.port(),
+        sni_host: sni_host.clone(),
+    };
     let control = Control::new(
         catalog.clone(),
         master_key,
@@ -153,6 +159,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .context("loading the fake SCRAM salt key")?;
     let settings = ProxySettings {
         fake_scram_key,
+        public_host: sni_host,
         max_unauthenticated_per_source: args.max_unauthenticated_per_source,
         ..ProxySettings::default()
     };
@@ -199,6 +206,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         async move { axum::serve(api_listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
 
+    // Before the banner: whoever reads it may send SIGTERM at once.
+    let terminate = crate::signals::terminate()?;
     let api_url = format!("http://{api_addr}");
     crate::bootstrap::write_private(&dir.join("api.url"), &api_url)?;
     print_banner(
@@ -215,7 +224,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     tracing::info!(api = %api_url, pooled = %pooled_addr, direct = %direct_addr, organization_id = %boot.organization_id, "berth is up");
 
-    let signal = crate::signals::terminate().await?;
+    let signal = terminate.await;
     tracing::info!(signal, "shutting down");
     shutdown.cancel();
     proxy.shutdown();
@@ -258,6 +267,34 @@ async fn start_project_instances(catalog: &Catalog, instances: &Arc<Instances>) 
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     proxy::listen(addr).with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+/// The public host as SNI routing knows it (`<project>.<host>`): a DNS name, lower-cased,
+/// without a trailing dot. An IP address has no names under it.
+fn sni_host(public_host: &str) -> Option<String> {
+    let host = public_host.trim_end_matches('.').to_ascii_lowercase();
+    let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+    (!ip && !host.is_empty()).then_some(host)
+}
+
+/// What the local CA's server certificate names: loopback, the public host, and with a DNS
+/// name every `<project>.<public-host>` (one wildcard label, as SNI routing uses).
+fn local_ca_names(public_host: Option<&str>, sni_host: Option<&str>) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let public = match sni_host {
+        Some(dns) => vec![dns.to_owned(), format!("*.{dns}")],
+        // An IP address (IPv6 in brackets, as URLs write it).
+        None => public_host
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .into_iter()
+            .collect(),
+    };
+    for name in public {
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 fn host_of(addr: SocketAddr) -> String {
@@ -359,5 +396,30 @@ fn raise_descriptor_limit() {
         },
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "descriptor limit unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dns_public_host_routes_by_sni_and_is_named_with_its_wildcard() {
+        assert_eq!(sni_host("DB.Example.com.").as_deref(), Some("db.example.com"));
+        for ip in ["203.0.113.7", "::1", "[2001:db8::1]", ""] {
+            assert_eq!(sni_host(ip), None, "{ip}");
+        }
+        let local = ["localhost", "127.0.0.1"];
+        assert_eq!(local_ca_names(None, None), local);
+        assert_eq!(
+            local_ca_names(Some("DB.example.com."), Some("db.example.com")),
+            [&local[..], &["db.example.com", "*.db.example.com"]].concat()
+        );
+        assert_eq!(local_ca_names(Some("[2001:db8::1]"), None), [&local[..], &["2001:db8::1"]].concat());
+        assert_eq!(local_ca_names(Some("127.0.0.1"), None), local);
+        assert_eq!(
+            local_ca_names(Some("localhost"), Some("localhost")),
+            [&local[..], &["*.localhost"]].concat()
+        );
     }
 }

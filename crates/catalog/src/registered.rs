@@ -34,6 +34,8 @@ pub struct RegisteredDatabase {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RegisteredRoute {
     pub organization_id: String,
+    /// Its project's name: the SNI label it is served under (`<project>.<public-host>`).
+    pub project_name: String,
     #[sqlx(flatten)]
     pub database: RegisteredDatabase,
 }
@@ -131,13 +133,48 @@ impl Catalog {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Every registered database of a ready project, for the route table.
+    /// Every registered database of a ready project, for the route table, in the order
+    /// they claim their names under the project's SNI label (the first of a name keeps it).
     pub async fn registered_routes(&self) -> Result<Vec<RegisteredRoute>, CatalogError> {
-        Ok(sqlx::query_as(
-            "SELECT p.organization_id, d.* FROM registered_databases d JOIN projects p ON p.id = d.project_id \
-             WHERE p.state = 'ready' ORDER BY d.id",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT p.organization_id, p.name AS project_name, d.* FROM registered_databases d \
+             JOIN projects p ON p.id = d.project_id WHERE p.state = 'ready' ORDER BY p.id, {SNI_ORDER}"
+        ))
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// The registered databases of project `project_id` (named `project_name`) that their
+    /// names reach under the project's SNI label: of those sharing a name, the first in
+    /// [`SNI_ORDER`]; none when an older ready project's name is the same label (labels are
+    /// case-insensitive, and the route table gives a label to the first project by id). The
+    /// project's own database comes before every registered one: callers check that.
+    pub async fn sni_owners(
+        &self,
+        project_id: &str,
+        project_name: &str,
+    ) -> Result<std::collections::HashSet<String>, CatalogError> {
+        let taken: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM projects WHERE lower(name) = lower($2) AND id < $1 AND state = 'ready')",
+        )
+        .bind(project_id)
+        .bind(project_name)
+        .fetch_one(&self.pool)
+        .await?;
+        if taken {
+            return Ok(Default::default());
+        }
+        let ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT ON (d.name) d.id FROM registered_databases d WHERE d.project_id = $1 \
+             ORDER BY d.name, {SNI_ORDER}"
+        ))
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().collect())
+    }
 }
+
+/// Which of a project's registered databases sharing a name gets it under the project's SNI
+/// label: primaries before replicas, then the oldest.
+const SNI_ORDER: &str = "(d.role <> 'primary'), d.created_at, d.id";

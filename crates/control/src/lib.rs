@@ -33,6 +33,10 @@ pub struct Endpoints {
     pub host: String,
     pub pooled_port: u16,
     pub direct_port: u16,
+    /// The public host when it is a DNS name (`berth up --public-host`): registered
+    /// databases' strings then name `<project>.<sni_host>` and the upstream's own database
+    /// (DESIGN.md, Routing). `None` keeps their `db_…` names.
+    pub sni_host: Option<String>,
 }
 
 /// Everything the API and the worker share.

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     Upstream,
     /// The client went away.
     Disconnect,
+    /// The password was right but the database named is not served there (`3D000`).
+    Routing,
 }
 
 impl ErrorKind {
@@ -29,6 +31,7 @@ impl ErrorKind {
             ErrorKind::Limit => "limit",
             ErrorKind::Upstream => "upstream",
             ErrorKind::Disconnect => "disconnect",
+            ErrorKind::Routing => "routing",
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum Negotiated<S: AsyncRead + AsyncWrite + Unpin> {
     Startup {
         stream: ClientStream<S>,
         startup: StartupMessage,
+        /// The TLS server name (SNI) the client asked for, lower-cased; `None` without TLS,
+        /// without SNI, or for an IP literal host.
+        server_name: Option<String>,
     },
     /// With the stream it came on, to be closed once the cancel is handled: over TLS with a
     /// close_notify, as PostgreSQL does (libpq's encrypted cancel reports an unexpected EOF
@@ -41,17 +44,17 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
             let Some(tls) = tls else {
                 return Err(SessionError::new(ErrorKind::Tls, "direct TLS without a certificate", None));
             };
-            let (stream, alpn) = crate::tls_conn::accept(tls.config.clone(), raw, &len_buf)
+            let accepted = crate::tls_conn::accept(tls.config.clone(), raw, &len_buf)
                 .await
                 .map_err(|e| SessionError::new(ErrorKind::Tls, format!("direct TLS handshake: {e}"), None))?;
             // PostgreSQL 17 insists on ALPN for direct TLS so that a TLS connection meant for
             // another service is never taken for one to PostgreSQL.
-            if alpn.as_deref() != Some(ALPN_POSTGRESQL) {
+            if accepted.alpn.as_deref() != Some(ALPN_POSTGRESQL) {
                 return Err(SessionError::new(ErrorKind::Tls, "direct TLS without ALPN postgresql", None));
             }
-            let mut stream = ClientStream::Tls(Box::new(stream));
+            let mut stream = ClientStream::Tls(Box::new(accepted.conn));
             let packet = after_tls(&mut stream).await?;
-            return into_negotiated(stream, packet);
+            return into_negotiated(stream, packet, accepted.server_name);
         }
         let packet = match read_packet_body(&mut raw, len_buf).await {
             Ok(p) => p,
@@ -65,12 +68,12 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     continue;
                 };
                 raw.write_all(b"S").await?;
-                let (stream, _) = crate::tls_conn::accept(tls.config.clone(), raw, &[])
+                let accepted = crate::tls_conn::accept(tls.config.clone(), raw, &[])
                     .await
                     .map_err(|e| SessionError::new(ErrorKind::Tls, format!("TLS handshake: {e}"), None))?;
-                let mut stream = ClientStream::Tls(Box::new(stream));
+                let mut stream = ClientStream::Tls(Box::new(accepted.conn));
                 let packet = after_tls(&mut stream).await?;
-                return into_negotiated(stream, packet);
+                return into_negotiated(stream, packet, accepted.server_name);
             }
             StartupPacket::GssEncRequest if !gss_asked => {
                 // libpq may try GSSAPI first and then TLS on the same connection.
@@ -92,7 +95,11 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     );
                     return Err(send_error(&mut raw, e).await);
                 }
-                return Ok(Negotiated::Startup { stream: ClientStream::Plain(raw), startup });
+                return Ok(Negotiated::Startup {
+                    stream: ClientStream::Plain(raw),
+                    startup,
+                    server_name: None,
+                });
             }
         }
     }
@@ -101,9 +108,10 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
 fn into_negotiated<S: AsyncRead + AsyncWrite + Unpin>(
     stream: ClientStream<S>,
     packet: StartupPacket,
+    server_name: Option<String>,
 ) -> Result<Negotiated<S>, SessionError> {
     match packet {
-        StartupPacket::Startup(startup) => Ok(Negotiated::Startup { stream, startup }),
+        StartupPacket::Startup(startup) => Ok(Negotiated::Startup { stream, startup, server_name }),
         StartupPacket::Cancel(c) => Ok(Negotiated::Cancel(c, stream)),
         StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
             Err(SessionError::protocol("unexpected encryption request inside TLS"))

@@ -1,6 +1,6 @@
 //! Berth's data plane: a PostgreSQL proxy that terminates TLS and SCRAM-SHA-256, routes by
-//! database name to an upstream, and relays sessions frame by frame. It serves a route table
-//! snapshot handed to it and never reads the catalog itself.
+//! database name (or TLS server name) to an upstream, and relays sessions frame by frame. It
+//! serves a route table snapshot handed to it and never reads the catalog itself.
 
 mod activity;
 pub mod admin;
@@ -24,6 +24,7 @@ pub mod secret;
 mod server;
 mod server_frames;
 mod session;
+pub mod sni;
 mod stream;
 pub mod tls;
 mod tls_conn;
@@ -41,5 +42,9 @@ pub use server::{LISTEN_BACKLOG, Proxy, ProxySettings, ReloadHook, listen};
 pub use session::ListenerKind;
 pub use tls::{LocalCa, TlsServer};
 pub use tls_files::CertificateFiles;
+/// Berth's own TLS record layer, public for `berth-tls-records` (crates/bench), which
+/// measures it against rustls's connections; the proxy itself uses it through `handshake`.
+#[doc(hidden)]
+pub use tls_conn::{TlsConn, accept as tls_accept};
 pub use unauthenticated::DEFAULT_MAX_PER_SOURCE as DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE;
 pub use upstream_tls::{client_config as upstream_tls_config, client_config_pem as upstream_tls_config_pem};

@@ -83,13 +83,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tls = shared.tls.load_full();
-    let (mut client, startup) = match negotiate(raw, tls.as_deref(), shared.settings.require_tls).await? {
-        Negotiated::Cancel(req, stream) => {
-            handle_cancel(shared, req, stream).await;
-            return Ok(None);
-        }
-        Negotiated::Startup { stream, startup } => (stream, startup),
-    };
+    let (mut client, startup, server_name) =
+        match negotiate(raw, tls.as_deref(), shared.settings.require_tls).await? {
+            Negotiated::Cancel(req, stream) => {
+                handle_cancel(shared, req, stream).await;
+                return Ok(None);
+            }
+            Negotiated::Startup { stream, startup, server_name } => (stream, startup, server_name),
+        };
     match check_version(&startup) {
         Err(e) => return Err(send_error(&mut client, e).await),
         Ok(Some(negotiate_msg)) => {
@@ -108,6 +109,9 @@ where
         return Err(send_error(&mut client, e).await);
     };
     let db_name = startup.database().unwrap_or_default().to_owned();
+    // `<label>.<public-host>`: the label picks the project, the database name one of its
+    // databases by the upstream's own name. Any other server name: database names alone.
+    let label = crate::sni::label(server_name.as_deref(), shared.settings.public_host.as_deref());
     let binding = match (&tls, client.is_tls()) {
         (Some(tls), true) => tls.channel_binding.clone(),
         _ => ChannelBinding::None,
@@ -115,16 +119,17 @@ where
     if user == crate::apikey::API_KEY_USER
         && let Some(checker) = shared.api_keys.get()
     {
-        return match api_key_login(shared, &mut client, checker.as_ref(), &db_name).await {
+        let routes = shared.routes.load_full();
+        let db = match &label {
+            Some(l) => routes.for_sni_login(l, &db_name, &user).route,
+            None => routes.get(&db_name),
+        };
+        return match api_key_login(&mut client, checker.as_ref(), &db_name, db.map(|d| &**d)).await {
             Ok(KeyLogin::Admin) => Ok(Some(Login::Admin { client, user })),
-            Ok(KeyLogin::Session(role)) => {
-                let db = shared.routes.load().get(&db_name).cloned();
-                let db = db.ok_or_else(crate::apikey::refused);
-                match db {
-                    Ok(db) => session_login(client, startup, db, role, None, shared).await,
-                    Err(e) => Err(send_error(&mut client, e).await),
-                }
-            }
+            Ok(KeyLogin::Session(role)) => match db.cloned().ok_or_else(crate::apikey::refused) {
+                Ok(db) => session_login(client, startup, db, role, None, shared).await,
+                Err(e) => Err(send_error(&mut client, e).await),
+            },
             Err(e) => Err(send_error(&mut client, e).await),
         };
     }
@@ -139,20 +144,34 @@ where
         return Ok(Some(Login::Admin { client, user }));
     }
     let routes = shared.routes.load_full();
-    let db = routes.for_login(&db_name, &user).cloned();
-    let listed = db.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
-    let looked_up = listed.is_none() && db.as_ref().is_some_and(|d| d.auth_query.is_some());
-    let verifiers = match (&db, looked_up) {
+    // The route reached, whose verifiers the password is checked against (the same route,
+    // unless an SNI label serves no such database), and what keys a fake exchange's salt:
+    // under a label, the label alone, so an unknown one shows one salt per user whatever
+    // database is asked for, as a known one does to a role it knows.
+    let (db, checker, fake_name) = match &label {
+        Some(l) => {
+            let found = routes.for_sni_login(l, &db_name, &user);
+            (found.route.cloned(), found.checked_by.cloned(), l.clone())
+        }
+        None => {
+            let db = routes.for_login(&db_name, &user).cloned();
+            (db.clone(), db, db_name.clone())
+        }
+    };
+    let listed = checker.as_ref().and_then(|d| d.roles.get(&user)).map(|r| r.verifiers.clone());
+    let looked_up = listed.is_none() && checker.as_ref().is_some_and(|d| d.auth_query.is_some());
+    let verifiers = match (&checker, looked_up) {
         (Some(d), true) => {
             let aq = d.auth_query.as_ref().expect("checked above");
             match shared.verifiers.verifier(d, aq, &user, shared.settings.connect_timeout).await {
                 Ok(v) => v.map(|v| vec![v]),
                 Err(detail) => {
                     tracing::warn!(database = %d.name, %detail, "auth query failed");
+                    let shown = if label.is_some() { shown_database(&db_name, &user) } else { &d.name };
                     let e = SessionError::fatal(
                         ErrorKind::Upstream,
                         SqlState::CANNOT_CONNECT_NOW,
-                        format!("database \"{}\" is not available right now", d.name),
+                        format!("database \"{shown}\" is not available right now"),
                     );
                     return Err(send_error(&mut client, e).await);
                 }
@@ -160,28 +179,48 @@ where
         }
         _ => listed,
     };
-    let keys =
-        match authenticate(&mut client, &user, &db_name, verifiers, binding, &shared.settings.fake_scram_key)
-            .await
-        {
-            Ok(k) => k,
-            Err(e) => {
-                if looked_up {
-                    // The password may have changed upstream: fetch the verifier again next time.
-                    shared.verifiers.forget(&db_name, &user);
-                }
-                return Err(send_error(&mut client, e).await);
+    let keys = match authenticate(
+        &mut client,
+        &user,
+        &fake_name,
+        verifiers,
+        binding,
+        &shared.settings.fake_scram_key,
+    )
+    .await
+    {
+        Ok(k) => k,
+        Err(e) => {
+            if let (true, Some(d)) = (looked_up, &checker) {
+                // The password may have changed upstream: fetch the verifier again next time.
+                shared.verifiers.forget(&d.name, &user);
             }
-        };
-    let db = db.expect("authentication succeeds only for a known database");
+            return Err(send_error(&mut client, e).await);
+        }
+    };
+    let Some(db) = db else {
+        // Only under an SNI label, and only to whoever proved the password: PostgreSQL too
+        // authenticates before it looks the database up.
+        let e = SessionError::fatal(
+            ErrorKind::Routing,
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{}\" does not exist", shown_database(&db_name, &user)),
+        );
+        return Err(send_error(&mut client, e).await);
+    };
     session_login(client, startup, db, user, Some(keys), shared).await
 }
 
+/// The database a login names, as PostgreSQL reports it: the user's name when it names none.
+fn shown_database<'a>(db_name: &'a str, user: &'a str) -> &'a str {
+    if db_name.is_empty() { user } else { db_name }
+}
+
 async fn api_key_login<S>(
-    shared: &Arc<Shared>,
     client: &mut ClientStream<S>,
     checker: &dyn ApiKeys,
     db_name: &str,
+    db: Option<&Database>,
 ) -> Result<KeyLogin, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -189,8 +228,7 @@ where
     let is_tls = client.is_tls();
     let grant = crate::apikey::read_and_check(client, is_tls, checker).await?;
     let admin = db_name == crate::admin::ADMIN_DATABASE;
-    let routes = shared.routes.load();
-    let login = crate::apikey::authorize(grant, routes.get(db_name).map(|d| &**d), admin)?;
+    let login = crate::apikey::authorize(grant, db, admin)?;
     crate::apikey::accept(client).await?;
     Ok(login)
 }

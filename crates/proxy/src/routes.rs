@@ -21,6 +21,30 @@ pub struct RouteTable {
     /// names its own role as one (libpq sends the user name then: Prisma Postgres strings
     /// have no database).
     role_defaults: HashMap<String, String>,
+    /// SNI labels (lower-cased) → what `<label>.<public-host>` serves.
+    labels: HashMap<String, SniLabel>,
+}
+
+/// What one SNI label serves: databases by the names their upstreams give them, and the one
+/// a login naming no database (or its own role) reaches.
+#[derive(Debug, Default)]
+struct SniLabel {
+    /// (database name as the upstream has it, route name), in the order they were added.
+    names: Vec<(String, String)>,
+    default: Option<String>,
+}
+
+/// Where a login under an SNI label goes.
+#[derive(Debug, Default)]
+pub struct SniLogin<'a> {
+    /// The route its database name reaches; `None` when the label serves no such database
+    /// (`3D000`, once the password is proven) or is no label at all.
+    pub route: Option<&'a Arc<Database>>,
+    /// Whose verifiers the password is checked against: the route's, or for a database the
+    /// label does not serve, a route of the label that knows the role, so a mistyped database
+    /// name is told as such only to whoever has the password. `None` (a fake exchange, then
+    /// `28P01`) for a label that serves nothing.
+    pub checked_by: Option<&'a Arc<Database>>,
 }
 
 impl RouteTable {
@@ -28,7 +52,56 @@ impl RouteTable {
         RouteTable {
             databases: databases.into_iter().map(|d| (d.name.clone(), Arc::new(d))).collect(),
             role_defaults: HashMap::new(),
+            labels: HashMap::new(),
         }
+    }
+
+    /// Under SNI label `label` (any case), database name `database` reaches route `route`.
+    /// The first route given a name keeps it: returns false (and changes nothing) when the
+    /// label already serves `database`.
+    pub fn add_sni_name(&mut self, label: &str, database: &str, route: &str) -> bool {
+        let entry = self.labels.entry(label.to_ascii_lowercase()).or_default();
+        if entry.names.iter().any(|(name, _)| name == database) {
+            return false;
+        }
+        entry.names.push((database.to_owned(), route.to_owned()));
+        true
+    }
+
+    /// Under SNI label `label`, a login naming no database or its own role reaches `route`.
+    pub fn set_sni_default(&mut self, label: &str, route: &str) {
+        self.labels.entry(label.to_ascii_lowercase()).or_default().default = Some(route.to_owned());
+    }
+
+    /// Whether `label` (lower-cased) is an SNI label of this table.
+    pub fn has_sni_label(&self, label: &str) -> bool {
+        self.labels.contains_key(label)
+    }
+
+    /// A login as `user` naming `database` under SNI label `label` (lower-cased, as
+    /// [`crate::sni::label`] gives it): the database the upstream calls `database`, or with
+    /// an empty database or the user's own name, the label's default.
+    pub fn for_sni_login(&self, label: &str, database: &str, user: &str) -> SniLogin<'_> {
+        let Some(l) = self.labels.get(label) else { return SniLogin::default() };
+        let named = l.names.iter().find(|(name, _)| name == database).map(|(_, route)| route);
+        let name = named.or(if database.is_empty() || database == user { l.default.as_ref() } else { None });
+        if let Some(route) = name.and_then(|r| self.databases.get(r)) {
+            return SniLogin { route: Some(route), checked_by: Some(route) };
+        }
+        // No such database: the default route, then the others, where the role is listed;
+        // else the first that looks roles up on its upstream.
+        let routes: Vec<&Arc<Database>> = l
+            .default
+            .iter()
+            .chain(l.names.iter().map(|(_, route)| route))
+            .filter_map(|r| self.databases.get(r))
+            .collect();
+        let checked_by = routes
+            .iter()
+            .find(|d| d.roles.contains_key(user))
+            .or_else(|| routes.iter().find(|d| d.auth_query.is_some()))
+            .copied();
+        SniLogin { route: None, checked_by }
     }
 
     /// Logins as `role` that name no database (or the role itself) reach `database`.
@@ -366,4 +439,64 @@ pub struct Limits {
     pub transaction_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_role(name: &str, role: &str) -> Database {
+        let mut d = Database::for_tests(name);
+        let verifiers = vec![ScramVerifier::generate("pw")];
+        d.roles.insert(role.into(), Role { name: role.into(), verifiers, upstream_password: None });
+        d
+    }
+
+    /// Project `shop`: its main branch (database `shop`, role `shop_owner`) and a registered
+    /// upstream `db_1` whose own database is `mydb` (role `registrar`, others by auth query).
+    fn table() -> RouteTable {
+        let mut registered = with_role("db_1", "registrar");
+        registered.upstream.dbname = "mydb".into();
+        registered.auth_query =
+            Some(crate::auth_query::AuthQuery { user: "registrar".into(), password: Secret::new("pw") });
+        let mut t =
+            RouteTable::new([with_role("shop", "shop_owner"), registered, with_role("blog", "blog_owner")]);
+        assert!(t.add_sni_name("Shop", "shop", "shop"));
+        t.set_sni_default("shop", "shop");
+        assert!(t.add_sni_name("shop", "mydb", "db_1"));
+        assert!(!t.add_sni_name("SHOP", "mydb", "blog"), "the first route named keeps the name");
+        t
+    }
+
+    fn names<'a>(l: &SniLogin<'a>) -> (Option<&'a str>, Option<&'a str>) {
+        (l.route.map(|d| d.name.as_str()), l.checked_by.map(|d| d.name.as_str()))
+    }
+
+    #[test]
+    fn a_label_serves_its_databases_by_their_upstream_names() {
+        let t = table();
+        assert!(t.has_sni_label("shop") && !t.has_sni_label("Shop"), "labels are kept lower-cased");
+        assert_eq!(names(&t.for_sni_login("shop", "shop", "shop_owner")), (Some("shop"), Some("shop")));
+        assert_eq!(names(&t.for_sni_login("shop", "mydb", "alice")), (Some("db_1"), Some("db_1")));
+        // No database, or the role's own name: the default.
+        assert_eq!(names(&t.for_sni_login("shop", "", "shop_owner")), (Some("shop"), Some("shop")));
+        assert_eq!(names(&t.for_sni_login("shop", "alice", "alice")), (Some("shop"), Some("shop")));
+        // Route names are not names under a label; database names are case-sensitive.
+        assert_eq!(names(&t.for_sni_login("shop", "db_1", "registrar")).0, None);
+        assert_eq!(names(&t.for_sni_login("shop", "MYDB", "registrar")).0, None);
+        assert_eq!(names(&t.for_sni_login("shop", "blog", "blog_owner")).0, None);
+    }
+
+    #[test]
+    fn an_unknown_database_is_checked_by_a_route_that_knows_the_role() {
+        let t = table();
+        // Listed roles first, the default route before the others.
+        assert_eq!(names(&t.for_sni_login("shop", "nosuch", "shop_owner")), (None, Some("shop")));
+        assert_eq!(names(&t.for_sni_login("shop", "nosuch", "registrar")), (None, Some("db_1")));
+        // Anyone else: looked up where roles are looked up.
+        assert_eq!(names(&t.for_sni_login("shop", "nosuch", "alice")), (None, Some("db_1")));
+        // An unknown label serves nothing and checks nothing.
+        assert_eq!(names(&t.for_sni_login("nosuch", "shop", "shop_owner")), (None, None));
+        assert_eq!(names(&t.for_sni_login("blog", "blog", "blog_owner")), (None, None));
+    }
 }

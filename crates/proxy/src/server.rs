@@ -55,6 +55,10 @@ pub struct ProxySettings {
     /// random per process; whoever runs the proxy for good keeps one across restarts
     /// (`FakeScramKey::load_or_create`), or a restart tells fake salts from real ones.
     pub fake_scram_key: crate::FakeScramKey,
+    /// The DNS name whose subdomains route by SNI: `<label>.<public_host>` selects what the
+    /// route table serves under `<label>` (`RouteTable::add_sni_name`). `None`: database
+    /// names only.
+    pub public_host: Option<String>,
     /// Connections from one source address that may be logging in at once (0: no cap);
     /// more are closed at accept (`unauthenticated`).
     pub max_unauthenticated_per_source: usize,
@@ -77,6 +81,7 @@ impl From<&ProxySection> for ProxySettings {
             max_client_connections: s.max_client_connections,
             admin_users: Default::default(),
             fake_scram_key: crate::FakeScramKey::random(),
+            public_host: None,
             max_unauthenticated_per_source: s.max_unauthenticated_per_source,
         }
     }

@@ -190,15 +190,28 @@ impl LocalCa {
         })
     }
 
-    /// Loads `dir/{ca.pem,server.pem,server.key}` or creates them on first use.
+    /// Loads `dir/{ca.pem,server.pem,server.key}` or creates them on first use. A server
+    /// certificate that does not name every one of `hostnames` (a `--public-host` given
+    /// since it was made) is replaced, and so is the CA: its key was never kept, so it
+    /// cannot sign again. Clients that trusted the old `ca.pem` must fetch the new one.
     pub fn load_or_create(dir: &Path, hostnames: &[String]) -> Result<Self, TlsError> {
         let (ca, cert, key) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
         if ca.exists() && cert.exists() && key.exists() {
-            return Ok(LocalCa {
+            let loaded = LocalCa {
                 ca_cert_pem: std::fs::read_to_string(&ca).map_err(io(&ca))?,
                 server_cert_pem: std::fs::read_to_string(&cert).map_err(io(&cert))?,
                 server_key_pem: std::fs::read_to_string(&key).map_err(io(&key))?,
-            });
+            };
+            let missing = loaded.missing_names(hostnames);
+            if missing.is_empty() {
+                return Ok(loaded);
+            }
+            tracing::warn!(
+                missing = ?missing,
+                ca = %ca.display(),
+                "the local CA's server certificate does not name every host; making a new CA and \
+                 certificate (clients that trusted the old ca.pem must fetch it again)"
+            );
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let generated = Self::generate(hostnames)?;
@@ -212,6 +225,75 @@ impl LocalCa {
     pub fn server(&self) -> Result<TlsServer, TlsError> {
         TlsServer::from_pem(self.server_cert_pem.as_bytes(), self.server_key_pem.as_bytes())
     }
+
+    /// Which of `hostnames` the server certificate's subject alternative names lack (all of
+    /// them when it cannot be read). DNS names compare case-insensitively, IPs as addresses.
+    fn missing_names(&self, hostnames: &[String]) -> Vec<String> {
+        let names = CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .and_then(|der| certificate_names(&der))
+            .unwrap_or_default();
+        hostnames.iter().filter(|h| !names.contains(&normalize_name(h))).cloned().collect()
+    }
+}
+
+/// A host name as certificates are compared here: DNS names lower-cased, IPs in their
+/// canonical text.
+fn normalize_name(name: &str) -> String {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.to_ascii_lowercase(),
+    }
+}
+
+/// The DNS names and IP addresses of a certificate's subjectAltName extension (RFC 5280
+/// §4.2.1.6), normalized; `None` when the certificate cannot be read.
+fn certificate_names(cert: &[u8]) -> Option<Vec<String>> {
+    const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+    let (_, outer) = der_tlv(cert, 0x30)?;
+    let (_, mut tbs) = der_tlv(outer, 0x30)?;
+    while let Some(&tag) = tbs.first() {
+        let (rest, body) = der_skip(tbs)?;
+        tbs = rest;
+        // extensions [3] EXPLICIT SEQUENCE OF Extension
+        if tag != 0xa3 {
+            continue;
+        }
+        let (_, mut extensions) = der_tlv(body, 0x30)?;
+        while !extensions.is_empty() {
+            let (rest, extension) = der_tlv(extensions, 0x30)?;
+            extensions = rest;
+            let (mut after, oid) = der_tlv(extension, 0x06)?;
+            if oid != SUBJECT_ALT_NAME {
+                continue;
+            }
+            if after.first() == Some(&0x01) {
+                after = der_skip(after)?.0; // critical
+            }
+            let (_, value) = der_tlv(after, 0x04)?;
+            let (_, mut general_names) = der_tlv(value, 0x30)?;
+            let mut names = Vec::new();
+            while let Some(&tag) = general_names.first() {
+                let (rest, body) = der_skip(general_names)?;
+                general_names = rest;
+                match (tag, body.len()) {
+                    // dNSName [2] IA5String
+                    (0x82, _) => names.push(std::str::from_utf8(body).ok()?.to_ascii_lowercase()),
+                    // iPAddress [7] OCTET STRING
+                    (0x87, 4) => {
+                        names.push(std::net::IpAddr::from(<[u8; 4]>::try_from(body).ok()?).to_string())
+                    }
+                    (0x87, 16) => {
+                        names.push(std::net::IpAddr::from(<[u8; 16]>::try_from(body).ok()?).to_string())
+                    }
+                    _ => {}
+                }
+            }
+            return Some(names);
+        }
+    }
+    Some(Vec::new())
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
@@ -249,6 +331,27 @@ mod tests {
         );
         let e = TlsServer::from_pem(a.server_cert_pem.as_bytes(), b.server_key_pem.as_bytes()).err().unwrap();
         assert!(matches!(e, TlsError::KeyMismatch(_)), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_names_its_hosts_and_a_missing_one_is_remade() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+        let first = LocalCa::load_or_create(dir.path(), &local).unwrap();
+        let der = CertificateDer::pem_slice_iter(first.server_cert_pem.as_bytes()).next().unwrap().unwrap();
+        assert_eq!(certificate_names(&der).unwrap(), local);
+        assert!(first.missing_names(&["LOCALHOST".into(), "127.0.0.1".into()]).is_empty());
+        // A public host and its wildcard, given later: both certificates are new.
+        let public: Vec<String> =
+            [&local[..], &["db.example.com".into(), "*.db.example.com".into(), "::1".into()]].concat();
+        assert_eq!(first.missing_names(&public), ["db.example.com", "*.db.example.com", "::1"]);
+        let second = LocalCa::load_or_create(dir.path(), &public).unwrap();
+        assert_ne!(second.ca_cert_pem, first.ca_cert_pem);
+        assert!(second.missing_names(&public).is_empty());
+        assert_eq!(std::fs::read_to_string(dir.path().join("server.pem")).unwrap(), second.server_cert_pem);
+        // Going back to fewer names keeps what covers them.
+        let third = LocalCa::load_or_create(dir.path(), &local).unwrap();
+        assert_eq!(third.ca_cert_pem, second.ca_cert_pem);
     }
 
     #[test]

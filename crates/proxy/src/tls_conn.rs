@@ -14,12 +14,13 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::kernel::KernelConnection;
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection};
+use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -130,17 +131,17 @@ fn aad12(seq: u64, typ: u8, len: usize) -> [u8; 13] {
 }
 
 /// Runs the server side of the handshake over `io`. `prefix` is what was already read from
-/// it (the start of a direct-TLS ClientHello). The ALPN protocol the client chose is
-/// returned with the connection.
-pub async fn accept<S>(
-    config: Arc<ServerConfig>,
-    mut io: S,
-    prefix: &[u8],
-) -> io::Result<(TlsConn<S>, Option<Vec<u8>>)>
+/// it (the start of a direct-TLS ClientHello). The ALPN protocol the client chose and the
+/// server name it asked for are returned with the connection.
+pub async fn accept<S>(config: Arc<ServerConfig>, mut io: S, prefix: &[u8]) -> io::Result<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let server_name = Arc::new(OnceLock::new());
+    let mut noting = (*config).clone();
+    noting.cert_resolver =
+        Arc::new(NoteServerName { inner: Arc::clone(&config.cert_resolver), seen: Arc::clone(&server_name) });
+    let mut conn = UnbufferedServerConnection::new(Arc::new(noting)).map_err(tls_error)?;
     let mut incoming = Vec::with_capacity(4096.max(prefix.len()));
     incoming.extend_from_slice(prefix);
     let mut outgoing: Vec<u8> = Vec::new();
@@ -250,7 +251,39 @@ where
         key_update_due: false,
         key_updates_in_a_row: 0,
     };
-    Ok((conn, alpn))
+    let server_name = server_name.get().cloned();
+    Ok(Accepted { conn, alpn, server_name })
+}
+
+/// A finished handshake: the connection, the ALPN protocol agreed, and the server name the
+/// client asked for (SNI, lower-cased by rustls; `None` without one or for an IP literal).
+pub struct Accepted<S> {
+    pub conn: TlsConn<S>,
+    pub alpn: Option<Vec<u8>>,
+    pub server_name: Option<String>,
+}
+
+/// Notes the server name of the ClientHello, which rustls's unbuffered connection does not
+/// expose: each handshake runs with a copy of the config whose certificate resolver is this
+/// wrapper around the real one (which still picks the certificate).
+#[derive(Debug)]
+struct NoteServerName {
+    inner: Arc<dyn ResolvesServerCert>,
+    seen: Arc<OnceLock<String>>,
+}
+
+impl ResolvesServerCert for NoteServerName {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            // A retried ClientHello must name the same server (rustls checks): the first stays.
+            let _ = self.seen.set(name.to_owned());
+        }
+        self.inner.resolve(hello)
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        self.inner.only_raw_public_keys()
+    }
 }
 
 /// A server-side TLS connection whose records are handled here.

@@ -1,7 +1,8 @@
 //! `/v1/projects/{project_id}/databases`: registered upstreams in PgBeam's shape. A
 //! registration is checked against the upstream (through the [`UpstreamProbe`] the binary
 //! supplies) before it is stored; its password is sealed and never echoed. The proxy serves
-//! each one as database `db_…` and looks the upstream's other roles up by auth query.
+//! each one as database `db_…`, and with a public host also by its own name under the
+//! project's SNI label, and looks the upstream's other roles up by auth query.
 
 use std::sync::Arc;
 
@@ -177,7 +178,9 @@ pub struct DatabaseView {
     pub pool_region: String,
     pub cache_config: serde_json::Value,
     pub pool_config: serde_json::Value,
-    /// Through Berth's pooled port; log in with the upstream's own roles and passwords.
+    /// Through Berth's pooled port; log in with the upstream's own roles and passwords. With
+    /// a public host, `<project>.<public-host>` and the upstream's own database name (routed by
+    /// SNI); else the `db_…` id as the database.
     pub connection_string: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -209,15 +212,42 @@ fn pool_in_force(stored: &serde_json::Value) -> serde_json::Value {
     })
 }
 
-fn view(control: &Control, d: RegisteredDatabase) -> DatabaseView {
+/// Which of a project's registered databases its SNI label serves by their own names, when
+/// connection strings name that label (`Endpoints::sni_host` set).
+struct SniNames {
+    /// The label: the project's name, lower-cased as DNS names print.
+    label: String,
+    /// The project's own database (its main branch) has this name under the label first.
+    project: String,
+    owners: std::collections::HashSet<String>,
+}
+
+async fn sni_names(control: &Control, project: &catalog::Project) -> Result<Option<SniNames>, ApiError> {
+    if control.endpoints.sni_host.is_none() {
+        return Ok(None);
+    }
+    let owners = control.catalog.sni_owners(&project.id, &project.name).await?;
+    Ok(Some(SniNames { label: project.name.to_ascii_lowercase(), project: project.name.clone(), owners }))
+}
+
+/// Through the pooled port: `<project>.<public-host>/<upstream database>` when the label
+/// serves this database by its name (DESIGN.md, Routing), else the `db_…` name on any host.
+fn connection_string(control: &Control, d: &RegisteredDatabase, sni: Option<&SniNames>) -> String {
     let e = &control.endpoints;
-    let connection_string = format!(
-        "postgresql://{}@{}:{}/{}?sslmode=require",
-        super::connection::encode(&d.username),
-        e.host,
-        e.pooled_port,
-        d.id
-    );
+    let user = super::connection::encode(&d.username);
+    match (sni, &e.sni_host) {
+        (Some(n), Some(public)) if d.name != n.project && n.owners.contains(&d.id) => format!(
+            "postgresql://{user}@{}.{public}:{}/{}?sslmode=require",
+            n.label,
+            e.pooled_port,
+            super::connection::encode(&d.name)
+        ),
+        _ => format!("postgresql://{user}@{}:{}/{}?sslmode=require", e.host, e.pooled_port, d.id),
+    }
+}
+
+fn view(control: &Control, d: RegisteredDatabase, sni: Option<&SniNames>) -> DatabaseView {
+    let connection_string = connection_string(control, &d, sni);
     DatabaseView {
         id: d.id,
         project_id: d.project_id,
@@ -398,7 +428,8 @@ pub async fn create(
         };
         let stored = control.catalog.insert_registered_database(&row).await?;
         tracing::info!(project_id = %stored.project_id, database_id = %stored.id, "upstream registered");
-        Ok((StatusCode::CREATED, to_json(&view(&control, stored))))
+        let sni = sni_names(&control, &project).await?;
+        Ok((StatusCode::CREATED, to_json(&view(&control, stored, sni.as_ref()))))
     })
     .await
 }
@@ -417,7 +448,9 @@ pub async fn list(
     let project = find(&control, &caller, &project_id).await?;
     let rows = control.catalog.list_registered_databases(&project.id, &page).await?;
     let (rows, next_cursor) = page.finish(rows, |d| &d.id);
-    Ok(Json(DatabaseList { databases: rows.into_iter().map(|d| view(&control, d)).collect(), next_cursor }))
+    let sni = sni_names(&control, &project).await?;
+    let databases = rows.into_iter().map(|d| view(&control, d, sni.as_ref())).collect();
+    Ok(Json(DatabaseList { databases, next_cursor }))
 }
 
 async fn visible(
@@ -425,9 +458,10 @@ async fn visible(
     caller: &Caller,
     project_id: &str,
     id: &str,
-) -> Result<RegisteredDatabase, ApiError> {
+) -> Result<(catalog::Project, RegisteredDatabase), ApiError> {
     let project = find(control, caller, project_id).await?;
-    control.catalog.registered_database(&project.id, id).await?.ok_or_else(|| ApiError::not_found("database"))
+    let db = control.catalog.registered_database(&project.id, id).await?;
+    Ok((project, db.ok_or_else(|| ApiError::not_found("database"))?))
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project_id}/databases/{id}", tag = "databases",
@@ -440,7 +474,9 @@ pub async fn get(
     Path((project_id, id)): Path<(String, String)>,
 ) -> Result<Json<DatabaseView>, ApiError> {
     caller.require(Scope::ProjectsRead)?;
-    Ok(Json(view(&control, visible(&control, &caller, &project_id, &id).await?)))
+    let (project, db) = visible(&control, &caller, &project_id, &id).await?;
+    let sni = sni_names(&control, &project).await?;
+    Ok(Json(view(&control, db, sni.as_ref())))
 }
 
 #[utoipa::path(patch, path = "/v1/projects/{project_id}/databases/{id}", tag = "databases", request_body = UpdateDatabaseRequest,
@@ -455,7 +491,7 @@ pub async fn update(
 ) -> Result<Json<DatabaseView>, ApiError> {
     caller.require(Scope::ProjectsWrite)?;
     let req: UpdateDatabaseRequest = parse_json(&body)?;
-    let current = visible(&control, &caller, &project_id, &id).await?;
+    let (project, current) = visible(&control, &caller, &project_id, &id).await?;
     if let Some(c) = &req.cache_config {
         validate_cache(c)?;
     }
@@ -487,7 +523,8 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found("database"))?;
     tracing::info!(database_id = %updated.id, "registered database updated");
-    Ok(Json(view(&control, updated)))
+    let sni = sni_names(&control, &project).await?;
+    Ok(Json(view(&control, updated, sni.as_ref())))
 }
 
 #[utoipa::path(delete, path = "/v1/projects/{project_id}/databases/{id}", tag = "databases",
@@ -500,7 +537,7 @@ pub async fn delete(
     Path((project_id, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::ProjectsWrite)?;
-    let current = visible(&control, &caller, &project_id, &id).await?;
+    let (_, current) = visible(&control, &caller, &project_id, &id).await?;
     if !control.catalog.delete_registered_database(&current.project_id, &current.id).await? {
         return Err(ApiError::not_found("database"));
     }

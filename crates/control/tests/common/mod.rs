@@ -43,7 +43,8 @@ pub async fn harness() -> Harness {
         retry_base: Duration::from_millis(10),
         poll: Duration::from_millis(50),
     };
-    let endpoints = Endpoints { host: "localhost".into(), pooled_port: 6432, direct_port: 6433 };
+    let endpoints =
+        Endpoints { host: "localhost".into(), pooled_port: 6432, direct_port: 6433, sni_host: None };
     let control = Control::new(catalog.clone(), MasterKey::generate(), endpoints, instances, settings);
     let org = catalog.create_organization("test").await.unwrap().id;
     let admin = key(&control, &org, None, &Scope::ALL).await;
