@@ -343,13 +343,15 @@ impl Catalog {
         Ok(sqlx::query_as("SELECT * FROM roles WHERE id = $1").bind(role_id).fetch_one(&self.pool).await?)
     }
 
-    /// Ends a rotation: the next password and verifier become the only ones.
-    pub async fn finish_rotation(&self, role_id: &str) -> Result<(), CatalogError> {
-        sqlx::query(&format!("UPDATE roles SET {FINISH} WHERE id = $1 AND next_verifier IS NOT NULL"))
-            .bind(role_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Ends a rotation: the next password and verifier become the only ones. False when the
+    /// role has no rotation under way (a failed one's clean-up abandoned it meanwhile).
+    pub async fn finish_rotation(&self, role_id: &str) -> Result<bool, CatalogError> {
+        let done =
+            sqlx::query(&format!("UPDATE roles SET {FINISH} WHERE id = $1 AND next_verifier IS NOT NULL"))
+                .bind(role_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Abandons a rotation that failed for good: the next password and verifier are dropped,
@@ -367,15 +369,16 @@ impl Catalog {
     }
 
     /// Ends a rotation after `grace`: both verifiers stay valid until then (zero ends it now).
+    /// False when the role has no rotation under way, as [`Catalog::finish_rotation`].
     pub async fn finish_rotation_after(
         &self,
         role_id: &str,
         grace: std::time::Duration,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<bool, CatalogError> {
         if grace.is_zero() {
             return self.finish_rotation(role_id).await;
         }
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE roles SET grace_until = now() + make_interval(secs => $2) \
              WHERE id = $1 AND next_verifier IS NOT NULL",
         )
@@ -383,7 +386,7 @@ impl Catalog {
         .bind(grace.as_secs_f64())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     /// Finishes the rotations whose grace period is over; returns how many.

@@ -370,4 +370,14 @@ async fn a_rotation_that_fails_for_good_retires_its_new_password() {
     let role = h.control.catalog.roles(&project).await.unwrap().remove(0);
     assert_ne!(role.verifier, old_verifier);
     assert_eq!(stored_verifier(&h, &stopped, "shop_owner").await, role.verifier);
+
+    // A rotation the clean-up abandoned while another attempt had adopted it (the failed job
+    // let go of the project first) is not reported finished: that attempt fails and retries.
+    let catalog = &h.control.catalog;
+    catalog.begin_rotation(&role.id, b"sealed", &old_verifier).await.unwrap();
+    assert!(catalog.abandon_rotation(&role.id).await.unwrap());
+    assert!(!catalog.finish_rotation_after(&role.id, Duration::ZERO).await.unwrap());
+    assert!(!catalog.finish_rotation_after(&role.id, Duration::from_secs(5)).await.unwrap());
+    let after = catalog.roles(&project).await.unwrap().remove(0);
+    assert_eq!((after.verifier, after.next_verifier, after.grace_until), (role.verifier, None, None));
 }

@@ -47,7 +47,12 @@ pub async fn run(control: &Control, job: &Job) -> Result<(), JobError> {
         set_verifier(control, &branch, &role.name, &next).await?;
     }
     let grace = job.payload.get("grace_seconds").and_then(|g| g.as_u64()).unwrap_or(0);
-    control.catalog.finish_rotation_after(&role.id, std::time::Duration::from_secs(grace)).await?;
+    // A failed rotation's clean-up may have abandoned the one this attempt adopted (it ran
+    // after that job let go of the project): then this attempt begins a new one on retry,
+    // instead of reporting success with the old password still the only one.
+    if !control.catalog.finish_rotation_after(&role.id, std::time::Duration::from_secs(grace)).await? {
+        return Err(JobError::transient("the rotation was abandoned meanwhile; it starts again"));
+    }
     tracing::info!(project_id, role = %role.name, grace_seconds = grace, "credentials rotated");
     Ok(())
 }
