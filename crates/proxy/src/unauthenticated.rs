@@ -4,7 +4,8 @@
 //! until its login ends (authenticated, refused, timed out or closed: the guard is dropped
 //! on every path). Over the cap a new connection from that address is closed at once,
 //! before a byte is read: any answer would need the very handshake the cap bounds.
-//! Authenticated sessions are never counted.
+//! Authenticated sessions are never counted. An IPv6 source is its /64: one host is
+//! routinely given a whole /64, so counting single addresses would give it no cap at all.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,7 +35,7 @@ impl SourceCounts {
     /// Counts a connection from `source`, or `None` when `cap` (non-zero) are already
     /// counted there. IPv4 addresses seen through an IPv6 socket count as themselves.
     pub fn admit(self: &Arc<Self>, source: IpAddr, cap: usize) -> Option<SourceGuard> {
-        let source = source.to_canonical();
+        let source = source_key(source);
         let mut map = self.by_source.lock().expect("source counts poisoned");
         let n = map.entry(source).or_default();
         if cap != 0 && *n >= cap {
@@ -53,12 +54,16 @@ impl SourceCounts {
 
     /// Connections counted now from `source`.
     pub fn from(&self, source: IpAddr) -> usize {
-        self.by_source
-            .lock()
-            .expect("source counts poisoned")
-            .get(&source.to_canonical())
-            .copied()
-            .unwrap_or(0)
+        self.by_source.lock().expect("source counts poisoned").get(&source_key(source)).copied().unwrap_or(0)
+    }
+}
+
+/// What `source` is counted as: an IPv4 address itself (also when seen through an IPv6
+/// socket), an IPv6 address its /64.
+fn source_key(source: IpAddr) -> IpAddr {
+    match source.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -96,5 +101,23 @@ mod tests {
         // Zero is no cap.
         let many: Vec<_> = (0..10).map(|_| counts.admit(v4, 0).unwrap()).collect();
         assert_eq!(many.len(), 10);
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_slash_64() {
+        let counts = Arc::new(SourceCounts::default());
+        let addr = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let held: Vec<_> = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"]
+            .into_iter()
+            .map(|a| counts.admit(addr(a), 2).unwrap())
+            .collect();
+        assert!(
+            counts.admit(addr("2001:db8:1:2:abcd:ef01:2345:6789"), 2).is_none(),
+            "another address of the /64"
+        );
+        let next_net = counts.admit(addr("2001:db8:1:3::1"), 2).expect("the next /64 is another source");
+        assert_eq!(counts.from(addr("2001:db8:1:2::42")), 2);
+        drop((held, next_net));
+        assert_eq!(counts.total(), 0);
     }
 }
