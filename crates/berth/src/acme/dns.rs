@@ -26,6 +26,10 @@ const MAX_TCP_CLIENTS: usize = 32;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Queries answered on one TCP connection before it is closed.
 const TCP_QUERIES: usize = 16;
+/// The longest one TCP client may hold a slot, however it paces its queries or reads its
+/// answers (without it, 16 queries each sent just inside `TCP_IDLE`, or answers never read,
+/// held one of the few slots for minutes).
+const TCP_CONNECTION: Duration = Duration::from_secs(30);
 
 /// The TXT values served at `_acme-challenge.<host>`: one per authorization in flight (the
 /// host and its wildcard validate at the same name, so there are usually two).
@@ -202,9 +206,11 @@ async fn serve_tcp(records: Arc<ChallengeRecords>, listener: TcpListener, shutdo
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = serve_tcp_client(&records, stream) => {
-                    if let Err(e) = result {
-                        tracing::debug!(peer = %peer, error = %e, "DNS responder: TCP client dropped");
+                result = tokio::time::timeout(TCP_CONNECTION, serve_tcp_client(&records, stream)) => {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "DNS responder: TCP client dropped"),
+                        Err(_) => tracing::debug!(peer = %peer, "DNS responder: TCP client over its time; dropped"),
                     }
                 }
             }
@@ -246,6 +252,39 @@ mod tests {
 
     fn records() -> ChallengeRecords {
         ChallengeRecords::new("db.example.com").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tcp_client_pacing_its_queries_just_inside_the_idle_limit_is_closed_at_the_connection_deadline()
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_tcp(Arc::new(records()), listener, CancellationToken::new()));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let q = query("_acme-challenge.db.example.com.", RecordType::TXT, None);
+        let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        let start = tokio::time::Instant::now();
+        let mut answered = 0;
+        loop {
+            if client.write_all(&framed).await.is_err() {
+                break;
+            }
+            let mut len = [0u8; 2];
+            if client.read_exact(&mut len).await.is_err() {
+                break;
+            }
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            client.read_exact(&mut reply).await.unwrap();
+            answered += 1;
+            assert!(answered < TCP_QUERIES, "served {answered} queries over {:?}", start.elapsed());
+            tokio::time::sleep(TCP_IDLE - Duration::from_secs(1)).await;
+        }
+        // Virtual time (the runtime's clock is paused): closed at the deadline, not after
+        // TCP_QUERIES paced queries.
+        assert!(start.elapsed() <= TCP_CONNECTION + TCP_IDLE, "held for {:?}", start.elapsed());
+        assert!(answered >= 2, "closed before the deadline, after {answered}");
     }
 
     fn query(name: &str, kind: RecordType, edns: Option<u16>) -> Vec<u8> {
