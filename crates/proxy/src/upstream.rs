@@ -570,6 +570,16 @@ async fn answer_auth(
         Authentication::SaslContinue(data) => {
             let client = scram.as_mut().ok_or("SASLContinue before SASL")?;
             let derivation = client.key_derivation(&data).map_err(|e| e.to_string())?;
+            // A proof made with a cheap derivation lets whoever asked for it guess the password
+            // offline about as fast as from an MD5 exchange, so an impostor at the upstream's
+            // address could ask for i=1. Keys already known (iterations 0) derive nothing.
+            let iterations = derivation.iterations();
+            if iterations != 0 && iterations < MIN_UPSTREAM_ITERATIONS {
+                return Err(format!(
+                    "the upstream asks for {iterations} SCRAM iterations, fewer than the {MIN_UPSTREAM_ITERATIONS} \
+                     a password proof is made with"
+                ));
+            }
             let keys = derive_keys(derivation).await?;
             let reply = client.client_final(keys).map_err(|e| e.to_string())?;
             out.put_u8(b'p');
@@ -583,6 +593,10 @@ async fn answer_auth(
     }
     Ok(())
 }
+
+/// The fewest PBKDF2 iterations the proxy proves a stored password with: PostgreSQL's
+/// default `scram_iterations`.
+pub const MIN_UPSTREAM_ITERATIONS: u32 = 4096;
 
 /// PBKDF2 at the cost the upstream chose (capped by `wire::scram::MAX_ITERATIONS`) runs on
 /// the blocking pool: on a runtime thread, every session sharing that thread would wait for

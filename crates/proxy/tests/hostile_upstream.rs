@@ -346,7 +346,7 @@ async fn server_messages_are_never_buffered_without_bound() {
 }
 
 #[tokio::test]
-async fn upstream_scram_iterations_are_capped_and_derived_off_the_runtime() {
+async fn upstream_scram_iterations_are_bounded_both_ways_and_derived_off_the_runtime() {
     init();
     let s = stack().await;
     // A million iterations, which the proxy used to accept: a second of a core per login.
@@ -362,6 +362,20 @@ async fn upstream_scram_iterations_are_capped_and_derived_off_the_runtime() {
     assert_eq!(sqlstate(&e), Some("28000"), "{e}");
     assert!(message(&e).contains("could not authenticate"), "{}", message(&e));
     assert_eq!(imp.next().await, Seen::ProxyClosed, "the proxy derived keys for a million iterations");
+
+    // Too few is refused as well, before any proof is sent: a proof made with one iteration
+    // is as cheap to guess the password from as an MD5 exchange.
+    for cheap in [1, 4095] {
+        let mut imp = Impostor::start(ScramVerifier::derive(PASSWORD, SALT, cheap), vec![]).await;
+        route_to(&s, &imp);
+        let e = common::refused(connect(&s, false).await, "too few iterations");
+        assert_eq!(sqlstate(&e), Some("28000"), "{e}");
+        assert_eq!(
+            imp.next().await,
+            Seen::ProxyClosed,
+            "the proxy sent a proof made with {cheap} iterations"
+        );
+    }
 
     // At the cap the login goes through, and PBKDF2 ran on a blocking thread: this test's
     // runtime has one thread, and everything else of the proxy runs on it.
