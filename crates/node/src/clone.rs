@@ -3,7 +3,8 @@
 //! [`copy_data_dir`] copies the data directory by PostgreSQL's base-backup rules, the caller
 //! runs `pg_backup_stop`, and [`finish`] copies the WAL written meanwhile and writes the
 //! returned `backup_label`, so the copy starts with crash recovery to a consistent state.
-//! Files are cloned with `FICLONE` where the filesystem can (Btrfs, XFS), else copied in
+//! Modes are the source's masked with `tree::COPY_MODE_MASK` (0750: no setuid, setgid or
+//! sticky bit a tenant chose survives into the files root creates). Files are cloned with `FICLONE` where the filesystem can (Btrfs, XFS), else copied in
 //! chunks through `copy_file_range`, never taking the space the running instances need
 //! (see `room`). This module never writes into the source directory.
 
@@ -377,6 +378,22 @@ mod tests {
         let mode = fs::metadata(&dst).expect("stat").permissions().mode() & 0o777;
         crate::remove_users_under(tmp.path()).expect("cleanup");
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn special_mode_bits_and_others_access_are_not_copied() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = planted(tmp.path(), |src, _| {
+            fs::set_permissions(src.join("base/1/16384"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+            fs::set_permissions(src.join("global/pg_control"), fs::Permissions::from_mode(0o2606))
+                .expect("chmod");
+            fs::set_permissions(src.join("base"), fs::Permissions::from_mode(0o1777)).expect("chmod");
+        });
+        let dst_root = tmp.path().join("copy");
+        copy_data_dir(&src, &dst_root, &CopyProgress::default()).expect("copy");
+        let dst = dst_root.join("data");
+        let mode = |p: &str| fs::metadata(dst.join(p)).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!([mode("base"), mode("base/1/16384"), mode("global/pg_control")], [0o750, 0o750, 0o600]);
     }
 
     /// A source data directory with `plant` done to it, beside a secret only root may read.

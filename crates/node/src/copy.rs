@@ -1,5 +1,5 @@
 //! Copying a stopped data directory tree (a template): regular files and directories with
-//! their modes, read through [`crate::tree`], so nothing is followed: a symbolic link, a
+//! their modes (masked with [`COPY_MODE_MASK`]: no setuid, setgid or sticky bit), read through [`crate::tree`], so nothing is followed: a symbolic link, a
 //! special file or a file of another owner anywhere in the source is refused, named.
 //! `std::io::copy` between files uses `copy_file_range` on Linux, which filesystems that
 //! support it (Btrfs, XFS) turn into a reflink, so copies are cheap there and plain copies
@@ -11,7 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::NodeError;
-use crate::tree::{Kind, Tree};
+use crate::tree::{COPY_MODE_MASK, Kind, Tree};
 
 /// Top-level files of a data directory that belong to one running postmaster and must not
 /// travel with a copy.
@@ -21,7 +21,7 @@ pub(crate) const RUNTIME_FILES: [&str; 2] = ["postmaster.pid", "postmaster.opts"
 /// entries named in `skip`.
 pub(crate) fn copy_tree(src: &Path, dst: &Path, skip: &[&str]) -> Result<(), NodeError> {
     let tree = Tree::open(src)?;
-    let mode = fs::symlink_metadata(src).map_err(NodeError::io(src))?.permissions().mode() & 0o7777;
+    let mode = fs::symlink_metadata(src).map_err(NodeError::io(src))?.permissions().mode() & COPY_MODE_MASK;
     fs::DirBuilder::new().mode(0o700).create(dst).map_err(NodeError::io(dst))?;
     copy_dir(&tree, src, Path::new(""), dst, skip)?;
     // Set the mode last, so a read-only source directory can still be filled.
@@ -118,6 +118,27 @@ mod tests {
                     && fs::read(e.path()).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
             }
         })
+    }
+
+    #[test]
+    fn special_mode_bits_and_others_access_are_not_copied() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("base")).expect("mkdir");
+        fs::write(src.join("base/f"), b"x").expect("write");
+        fs::write(src.join("plain"), b"x").expect("write");
+        fs::set_permissions(src.join("base/f"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+        fs::set_permissions(src.join("plain"), fs::Permissions::from_mode(0o640)).expect("chmod");
+        fs::set_permissions(src.join("base"), fs::Permissions::from_mode(0o3777)).expect("chmod");
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o2750)).expect("chmod");
+
+        let dst = tmp.path().join("dst");
+        copy_tree(&src, &dst, &[]).expect("copy");
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & COPY_MODE_MASK;
+        assert_eq!(
+            [mode(&dst), mode(&dst.join("base")), mode(&dst.join("base/f")), mode(&dst.join("plain"))],
+            [0o750, 0o750, 0o750, 0o640]
+        );
     }
 
     #[test]

@@ -25,6 +25,12 @@ const FILE_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NOCTTY)
     .union(OFlags::CLOEXEC);
 
+/// The permission bits a copy keeps of its source's: no setuid, setgid or sticky bit, no
+/// group write, nothing for others. Every mode PostgreSQL gives (0600/0700, 0640/0750 with
+/// group access) passes unchanged; the group is `berth-instances`, shared by every
+/// instance, so it must never be granted more.
+pub(crate) const COPY_MODE_MASK: u32 = 0o750;
+
 /// What an entry of a directory is, as `lstat` sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -40,7 +46,7 @@ pub(crate) enum Kind {
 pub(crate) struct Entry {
     pub name: OsString,
     pub kind: Kind,
-    /// Permission bits (`0o7777`).
+    /// The permission bits a copy gets: the entry's, masked with [`COPY_MODE_MASK`].
     pub mode: u32,
     pub size: u64,
 }
@@ -88,7 +94,7 @@ impl Tree {
             out.push(Entry {
                 name: name.to_owned(),
                 kind,
-                mode: stat.st_mode & 0o7777,
+                mode: stat.st_mode & COPY_MODE_MASK,
                 size: u64::try_from(stat.st_size).unwrap_or(0),
             });
         }
