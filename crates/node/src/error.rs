@@ -53,7 +53,9 @@ pub enum NodeError {
 
     /// A tree being copied or chowned holds something Berth never follows or reads: a
     /// symbolic link, a special file, a file of another owner.
-    #[error("{path} is {what}; Berth copies only regular files and directories of the instance's own")]
+    #[error(
+        "{path} is {what}; Berth copies and hands over only regular files and directories of the instance's own"
+    )]
     UnsafeEntry { path: PathBuf, what: &'static str },
 
     /// The user database could not be read.

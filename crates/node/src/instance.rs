@@ -149,11 +149,22 @@ impl Instance {
         }
         // Data an earlier version ran as `postgres`, or whose user was made again after
         // being swept, is handed to this instance's user while nothing runs on it.
-        if self.user.switch && crate::tree::owner(&self.data_dir)? != self.user.uid {
-            tracing::warn!(root = %self.root.display(), user = %self.user.name, "handing the data directory to the instance's user");
-            self.user.chown_recursive(&self.data_dir)?;
+        // Every entry must be the previous owner's (or already the user's), and none a hard
+        // link: the previous owner may have planted one to a file elsewhere.
+        let previous = crate::tree::owner(&self.data_dir)?;
+        if self.user.switch && previous != self.user.uid {
+            tracing::warn!(root = %self.root.display(), user = %self.user.name, previous, "handing the data directory to the instance's user");
+            self.user.take_over(&self.data_dir, previous)?;
         }
         make_private_dir(&self.socket_dir, &self.user)?;
+        // The postmaster makes its socket and lock file there as the instance user; what
+        // another user owns is a stale lock of a previous owner, or a planted link: unlinked
+        // (never chowned) while nothing runs.
+        if self.user.switch {
+            for name in crate::tree::remove_foreign_entries(&self.socket_dir, self.user.uid)? {
+                tracing::warn!(root = %self.root.display(), entry = ?name, "removed an entry of the socket directory the instance's user does not own");
+            }
+        }
         // The postmaster's log holds tenants' statements (errors quote them): 0600, ours.
         let log = append_private(&self.log_file)?;
         let log_start = log.metadata().map_err(NodeError::io(&self.log_file))?.len();
@@ -342,8 +353,9 @@ impl Instance {
     pub fn seal_as_template(mut self) -> Result<(), NodeError> {
         self.stop()?;
         if self.user.switch {
-            crate::tree::chown_tree(&self.data_dir, 0, 0)?;
-            crate::tree::chown_tree(&self.socket_dir, 0, 0)?;
+            // Nothing may stay the user's: its uid goes to the next user made.
+            crate::tree::chown_tree(&self.data_dir, 0, 0, self.user.uid)?;
+            fs::remove_dir_all(&self.socket_dir).map_err(NodeError::io(&self.socket_dir))?;
             crate::user::remove_root_user(&self.root)?;
         }
         Ok(())
@@ -386,9 +398,10 @@ fn require_cluster(root: &Path, data_dir: &Path) -> Result<(), NodeError> {
     }
 }
 
-/// Creates `dir` if needed, makes it 0700 and hands it to the instance user.
+/// Creates `dir` if needed, makes it 0700 and hands it, the directory alone and never what
+/// is in it, to the instance user.
 fn make_private_dir(dir: &Path, user: &InstanceUser) -> Result<(), NodeError> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(NodeError::io(dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(NodeError::io(dir))?;
-    user.chown_recursive(dir)
+    user.chown_dir(dir)
 }

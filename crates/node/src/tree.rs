@@ -3,8 +3,10 @@
 //! descriptor with `O_NOFOLLOW`, every file with `O_NOFOLLOW | O_NONBLOCK` and checked, once
 //! open, to be a regular file owned by the tree's owner (so a hard link to another user's
 //! file is refused too). Berth runs as root when it copies a tenant's data directory: a link
-//! planted there must never make it read or chown anything outside. This module never
-//! writes into a tree it reads.
+//! planted there must never make it read or chown anything outside. Chowning checks each
+//! entry through the descriptor it chowns through, and refuses hard links and entries of
+//! an unexpected owner. This module never writes into a tree it reads; the only write into
+//! a tree at all is unlinking stale names ([`remove_foreign_entries`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -150,46 +152,98 @@ impl Tree {
     }
 }
 
-/// Chowns `path` and everything below it to `uid:gid`, links themselves (never what they
-/// point to), descending only into real directories opened by descriptor.
-pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), NodeError> {
-    let (uid, gid) = (rfs::Uid::from_raw(uid), rfs::Gid::from_raw(gid));
-    let top = rfs::open(path, DIR_FLAGS, Mode::empty());
-    match top {
-        Ok(dir) => {
-            rfs::fchown(&dir, Some(uid), Some(gid)).map_err(|e| io_error(path, e))?;
-            chown_below(&dir, path, uid, gid)
-        }
-        // Not a directory (or a link): chown just the entry.
-        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
-            rfs::chownat(rfs::CWD, path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| io_error(path, e))
-        }
-        Err(e) => Err(io_error(path, e)),
-    }
+/// Hands `path` and everything below it to `uid:gid`, links themselves (never what they
+/// point to). Every entry is opened `O_PATH | O_NOFOLLOW` relative to its directory's
+/// descriptor, checked through that descriptor and chowned through it (`AT_EMPTY_PATH`), so
+/// what is checked is what is chowned. Refused with [`NodeError::UnsafeEntry`], before it
+/// is chowned, is any entry that is not a directory and has more than one link (a hard
+/// link to a file elsewhere: PostgreSQL makes none in a stopped data directory) or that is
+/// owned by neither `from` (the tree's previous owner) nor `uid`. Each directory is
+/// chowned after what it holds, the top last, so a handover cut short leaves the top's
+/// owner differing and is done again.
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32, from: u32) -> Result<(), NodeError> {
+    let top = rfs::open(path, ENTRY_FLAGS, Mode::empty()).map_err(|e| io_error(path, e))?;
+    hand_over(&top, path, Owners { uid, gid, from })
 }
 
-fn chown_below(dir: &OwnedFd, shown: &Path, uid: rfs::Uid, gid: rfs::Gid) -> Result<(), NodeError> {
-    let listing = Dir::read_from(dir).map_err(|e| io_error(shown, e))?;
-    for entry in listing {
-        let entry = entry.map_err(|e| io_error(shown, e))?;
+/// Chowns the directory `path` itself (not a link there, nothing in it) to `uid:gid`.
+pub(crate) fn chown_dir(path: &Path, uid: u32, gid: u32) -> Result<(), NodeError> {
+    let dir = rfs::open(path, DIR_FLAGS, Mode::empty()).map_err(|e| refusal(path, e))?;
+    rfs::fchown(&dir, Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)))
+        .map_err(|e| io_error(path, e))
+}
+
+/// Unlinks every entry of the directory `path` that is not a directory and not owned by
+/// `uid` (unlinking a name never touches another link's file). Returns the names removed.
+pub(crate) fn remove_foreign_entries(path: &Path, uid: u32) -> Result<Vec<OsString>, NodeError> {
+    let dir = rfs::open(path, DIR_FLAGS, Mode::empty()).map_err(|e| refusal(path, e))?;
+    let mut removed = Vec::new();
+    for entry in Dir::read_from(&dir).map_err(|e| io_error(path, e))? {
+        let entry = entry.map_err(|e| io_error(path, e))?;
         let name = OsStr::from_bytes(entry.file_name().to_bytes());
         if name == "." || name == ".." {
             continue;
         }
-        let path = shown.join(name);
-        match rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(()) => {}
+        let stat = match rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
             Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(io_error(&path, e)),
+            Err(e) => return Err(io_error(&path.join(name), e)),
+        };
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory || stat.st_uid == uid {
+            continue;
         }
-        match rfs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
-            Ok(child) => chown_below(&child, &path, uid, gid)?,
-            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP | rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io_error(&path, e)),
+        match rfs::unlinkat(&dir, name, AtFlags::empty()) {
+            Ok(()) => removed.push(name.to_owned()),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_error(&path.join(name), e)),
         }
     }
-    Ok(())
+    Ok(removed)
+}
+
+const ENTRY_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+#[derive(Clone, Copy)]
+struct Owners {
+    uid: u32,
+    gid: u32,
+    from: u32,
+}
+
+/// Checks, descends into (when a directory) and then chowns the entry open at `entry`.
+fn hand_over(entry: &OwnedFd, shown: &Path, to: Owners) -> Result<(), NodeError> {
+    let stat = rfs::fstat(entry).map_err(|e| io_error(shown, e))?;
+    let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+    if !is_dir && stat.st_nlink > 1 {
+        return Err(NodeError::UnsafeEntry {
+            path: shown.to_owned(),
+            what: "a file with more than one link (a hard link to a file elsewhere?)",
+        });
+    }
+    if stat.st_uid != to.from && stat.st_uid != to.uid {
+        return Err(NodeError::UnsafeEntry {
+            path: shown.to_owned(),
+            what: "owned by a user the tree is not being handed over from",
+        });
+    }
+    if is_dir {
+        let dir = rfs::openat(entry, ".", DIR_FLAGS, Mode::empty()).map_err(|e| io_error(shown, e))?;
+        for child in Dir::read_from(&dir).map_err(|e| io_error(shown, e))? {
+            let child = child.map_err(|e| io_error(shown, e))?;
+            let name = OsStr::from_bytes(child.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = shown.join(name);
+            match rfs::openat(&dir, name, ENTRY_FLAGS, Mode::empty()) {
+                Ok(fd) => hand_over(&fd, &path, to)?,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io_error(&path, e)),
+            }
+        }
+    }
+    let (uid, gid) = (rfs::Uid::from_raw(to.uid), rfs::Gid::from_raw(to.gid));
+    rfs::chownat(entry, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH).map_err(|e| io_error(shown, e))
 }
 
 /// The uid owning `path` itself (not what a link there points to).

@@ -105,13 +105,32 @@ impl InstanceUser {
         cmd
     }
 
-    /// Recursively chowns `path` to this user without following symlinks (a no-op unless
-    /// switching: an unprivileged user already owns what it creates).
+    /// Hands `path` and everything below it, which Berth (root) wrote, to this user without
+    /// following links: every entry must be root's or already this user's, and a file with
+    /// more than one link is refused (see [`Self::take_over`]). A no-op unless switching: an
+    /// unprivileged user already owns what it creates.
     pub fn chown_recursive(&self, path: &Path) -> Result<(), NodeError> {
+        self.take_over(path, 0)
+    }
+
+    /// Hands `path` and everything below it from its previous owner `from` to this user
+    /// (`crate::tree::chown_tree`): an entry owned by anyone else, or a file with more than
+    /// one link, is refused with [`NodeError::UnsafeEntry`] and left as it is. A no-op
+    /// unless switching.
+    pub fn take_over(&self, path: &Path, from: u32) -> Result<(), NodeError> {
         if !self.switch {
             return Ok(());
         }
-        crate::tree::chown_tree(path, self.uid, self.gid)
+        crate::tree::chown_tree(path, self.uid, self.gid, from)
+    }
+
+    /// Chowns the directory `path` itself, nothing in it, to this user (a no-op unless
+    /// switching).
+    pub fn chown_dir(&self, path: &Path) -> Result<(), NodeError> {
+        if !self.switch {
+            return Ok(());
+        }
+        crate::tree::chown_dir(path, self.uid, self.gid)
     }
 }
 

@@ -287,3 +287,75 @@ fn concurrent_creation_gives_each_root_one_user_of_its_own() {
         assert_eq!(under.len(), 8, "{under:?}");
     }
 }
+
+/// A file only root may read, made by the test beside the instance (same filesystem), for
+/// the instance user to hard-link into its own directories (root makes the link here:
+/// `fs.protected_hardlinks` stops the instance user, not root, and may be 0 elsewhere).
+fn root_only_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let target = dir.join("shadow");
+    fs::write(&target, "root-only").expect("write");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).expect("chmod");
+    target
+}
+
+fn owner_and_mode(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).expect("stat");
+    (meta.uid(), meta.mode() & 0o7777)
+}
+
+#[test]
+fn a_hard_link_planted_in_the_socket_directory_is_never_chowned() {
+    if !as_root() {
+        return;
+    }
+    let dir = tmp();
+    let bins = bins();
+    let root = dir.path().join("pg");
+    drop(Instance::init(&bins, &root, &fast()).expect("init"));
+    let target = root_only_file(dir.path());
+    fs::hard_link(&target, root.join("socket/x")).expect("link");
+
+    let mut inst = Instance::open(&bins, &root).expect("open");
+    assert_eq!(owner_and_mode(&target), (0, 0o600), "open chowned the link's target");
+    inst.start().expect("start");
+    let after_start = owner_and_mode(&target);
+    let link_left = root.join("socket/x").exists();
+    inst.kill().expect("kill");
+    assert_eq!(after_start, (0, 0o600), "start chowned the link's target");
+    // Not the instance user's: unlinked by start, the target untouched.
+    assert!(!link_left, "the planted link is still in the socket directory");
+    assert_eq!(fs::read_to_string(&target).expect("read"), "root-only");
+}
+
+#[test]
+fn a_hard_link_planted_in_a_data_directory_handed_over_is_refused() {
+    if !as_root() {
+        return;
+    }
+    let dir = tmp();
+    let bins = bins();
+    let root = dir.path().join("pg");
+    drop(Instance::init(&bins, &root, &fast()).expect("init"));
+    // The data directory's owner differs (an older Berth's `postgres`, or a user made
+    // again): start hands it over, and the old owner had planted a link in it.
+    let nobody = 65534;
+    for (path, _) in owners(&root.join("data")) {
+        std::os::unix::fs::lchown(&path, Some(nobody), None).expect("chown");
+    }
+    let target = root_only_file(dir.path());
+    fs::hard_link(&target, root.join("data/base/x")).expect("link");
+
+    let mut inst = Instance::open(&bins, &root).expect("open");
+    let err = inst.start().expect_err("started with a planted hard link");
+    assert!(matches!(&err, NodeError::UnsafeEntry { path, .. } if path.ends_with("data/base/x")), "{err}");
+    assert_eq!(owner_and_mode(&target), (0, 0o600), "start chowned the link's target");
+    // Without the link the handover goes through.
+    fs::remove_file(root.join("data/base/x")).expect("rm");
+    inst.start().expect("start");
+    let uid = inst.os_user().uid;
+    inst.kill().expect("kill");
+    let others: Vec<_> = owners(&root.join("data")).into_iter().filter(|(_, u)| *u != uid).collect();
+    assert!(others.is_empty(), "{others:?}");
+}
