@@ -362,7 +362,7 @@ impl Instance {
     }
 }
 
-/// Deletes the instance root `root`: its OS user, then its files. Refused while a
+/// Deletes the instance root `root`: its files, then its OS user. Refused while a
 /// postmaster runs on it; nothing when it does not exist.
 pub fn remove_root(root: &Path) -> Result<(), NodeError> {
     let data_dir = root.join(DATA_DIR);

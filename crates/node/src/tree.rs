@@ -173,6 +173,14 @@ pub(crate) fn chown_dir(path: &Path, uid: u32, gid: u32) -> Result<(), NodeError
         .map_err(|e| io_error(path, e))
 }
 
+/// Makes the directory `path` itself root's and 0700, so that its previous owner can no
+/// longer enter it or add to it by path.
+pub(crate) fn seize_dir(path: &Path) -> Result<(), NodeError> {
+    let dir = rfs::open(path, DIR_FLAGS, Mode::empty()).map_err(|e| refusal(path, e))?;
+    rfs::fchown(&dir, Some(rfs::Uid::ROOT), Some(rfs::Gid::ROOT)).map_err(|e| io_error(path, e))?;
+    rfs::fchmod(&dir, Mode::from_raw_mode(0o700)).map_err(|e| io_error(path, e))
+}
+
 /// Unlinks every entry of the directory `path` that is not a directory and not owned by
 /// `uid` (unlinking a name never touches another link's file). Returns the names removed.
 pub(crate) fn remove_foreign_entries(path: &Path, uid: u32) -> Result<Vec<OsString>, NodeError> {

@@ -169,16 +169,48 @@ pub fn remove_root_user(root: &Path) -> Result<(), NodeError> {
     }
 }
 
-/// Deletes an instance root: first its user (so a crash in between leaves a record naming
-/// a user, never a user nobody records), then its files. Nothing when `root` is absent.
+/// Deletes an instance root: first everything in it but the record of its user, then the
+/// user, then the root. `useradd --system` gives a freed uid to the next user it makes, so
+/// by the time the user goes nothing of the root may still be its; and the record stays
+/// until the user is gone, so no user Berth made is ever left unrecorded. A removal cut
+/// short at any point is done again by the next call. Nothing when `root` is absent.
 pub fn remove_instance_root(root: &Path) -> Result<(), NodeError> {
     match fs::symlink_metadata(root) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(NodeError::Io { path: root.to_owned(), source: e }),
         Ok(_) => {}
     }
+    remove_all_but_record(root)?;
     remove_root_user(root)?;
     fs::remove_dir_all(root).map_err(NodeError::io(root))
+}
+
+/// Removes every entry of `root` but [`RECORD`]. A directory is first made root's and 0700
+/// (when we are root), so the instance user, should it still run a process, can no longer
+/// enter or add to it by path while it goes.
+fn remove_all_but_record(root: &Path) -> Result<(), NodeError> {
+    for entry in fs::read_dir(root).map_err(NodeError::io(root))? {
+        let entry = entry.map_err(NodeError::io(root))?;
+        if entry.file_name() == RECORD {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                if geteuid().is_root() {
+                    crate::tree::seize_dir(&path)?;
+                }
+                fs::remove_dir_all(&path)
+            }
+            Ok(_) => fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(NodeError::Io { path, source: e }),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A user Berth made, as `/etc/passwd` lists it.
@@ -437,6 +469,61 @@ mod tests {
         assert!(env.status.success());
         assert_eq!(String::from_utf8_lossy(&env.stdout), "", "an inherited environment");
         assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), user.uid.to_string());
+    }
+
+    /// Every path under `dir` (itself included) owned by `uid`.
+    fn owned_by(dir: &Path, uid: u32) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_owned()];
+        while let Some(path) = todo.pop() {
+            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                todo.extend(fs::read_dir(&path).expect("ls").map(|e| e.expect("entry").path()));
+            }
+            if meta.uid() == uid {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_removal_cut_short_leaves_no_file_to_the_freed_uid() {
+        if !geteuid().is_root() {
+            return; // no users are made or deleted
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("data/base")).expect("mkdir");
+        fs::create_dir(root.join("socket")).expect("mkdir");
+        fs::write(root.join("data/base/f"), "x").expect("write");
+        fs::write(root.join("data/PG_VERSION"), "17").expect("write");
+        fs::write(root.join("postgres.log"), "x").expect("write");
+        let user = InstanceUser::for_root(&root).expect("user");
+        for sub in ["data", "socket"] {
+            user.chown_recursive(&root.join(sub)).expect("chown");
+        }
+        // One file that cannot be removed cuts the removal short.
+        let stuck = root.join("data/base/f");
+        let chattr = |flag: &str| Command::new("chattr").arg(flag).arg(&stuck).status();
+        if !chattr("+i").is_ok_and(|s| s.success()) {
+            eprintln!("chattr +i is not available here: nothing to cut the removal short with");
+            remove_users_under(dir.path()).expect("cleanup");
+            return;
+        }
+        let cut_short = remove_instance_root(&root);
+        let user_left = lookup(&user.name).expect("lookup").is_some();
+        let left = owned_by(&root, user.uid);
+        let recorded = root.join(RECORD).exists();
+        chattr("-i").expect("chattr -i");
+        let finished = remove_instance_root(&root);
+        remove_users_under(dir.path()).expect("cleanup");
+        assert!(cut_short.is_err(), "removed an immutable file");
+        assert!(user_left || left.is_empty(), "{} was deleted and its uid still owns {left:?}", user.name);
+        assert!(user_left && recorded, "the user must stay, recorded, until its files are gone");
+        finished.expect("remove");
+        assert!(!root.exists());
+        assert_eq!(lookup(&user.name).expect("lookup"), None);
     }
 
     #[test]
