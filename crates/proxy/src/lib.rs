@@ -41,10 +41,10 @@ pub use routes::{Database, Limits, PoolConfig, PoolMode, Role, RouteTable, SslMo
 pub use server::{LISTEN_BACKLOG, Proxy, ProxySettings, ReloadHook, listen};
 pub use session::ListenerKind;
 pub use tls::{LocalCa, TlsServer};
-pub use tls_files::CertificateFiles;
 /// Berth's own TLS record layer, public for `berth-tls-records` (crates/bench), which
 /// measures it against rustls's connections; the proxy itself uses it through `handshake`.
 #[doc(hidden)]
 pub use tls_conn::{TlsConn, accept as tls_accept};
+pub use tls_files::CertificateFiles;
 pub use unauthenticated::DEFAULT_MAX_PER_SOURCE as DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE;
 pub use upstream_tls::{client_config as upstream_tls_config, client_config_pem as upstream_tls_config_pem};
