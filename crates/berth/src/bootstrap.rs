@@ -36,8 +36,13 @@ pub async fn run(catalog: &Catalog, data: &Path) -> anyhow::Result<Bootstrap> {
     }
 }
 
-/// Writes `contents` to a new 0600 file, replacing any earlier one.
+/// Writes `contents` and a newline to a new 0600 file, replacing any earlier one.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    write_private_bytes(path, format!("{contents}\n").as_bytes())
+}
+
+/// Writes `data` to a 0600 temporary file beside `path`, synced, then renames it over `path`.
+pub fn write_private_bytes(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -45,10 +50,9 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

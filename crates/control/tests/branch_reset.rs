@@ -10,24 +10,11 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, harness};
+use common::{Harness, connect, harness};
 use control::Worker;
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-async fn connect(h: &Harness, branch_id: &str, user: &str, db: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host_path(h.control.instances.socket_dir(branch_id))
-        .port(h.control.instances.port())
-        .user(user)
-        .dbname(db)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.unwrap().get(0)

@@ -13,21 +13,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::http::{Method, StatusCode};
 use catalog::Scope;
-use common::{Harness, harness, key};
+use common::{Harness, connect, harness, key};
 use serde_json::Value;
-
-async fn connect(h: &Harness, branch_id: &str, user: &str, db: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host_path(h.control.instances.socket_dir(branch_id))
-        .port(h.control.instances.port())
-        .user(user)
-        .dbname(db)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 /// A ready project `name`; returns its main branch id.
 async fn ready_project(h: &Harness, name: &str) -> String {

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, harness};
+use common::{Harness, connect, harness};
 use serde_json::Value;
 
 async fn ready_project(h: &Harness, name: &str) -> String {
@@ -48,18 +48,7 @@ fn user_exists(name: &str) -> bool {
 async fn branches_run_as_users_of_their_own_which_go_with_them() {
     let h = harness().await;
     let main = ready_project(&h, "shop").await;
-    let owner = {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host_path(h.control.instances.socket_dir(&main))
-            .port(h.control.instances.port())
-            .user("shop_owner")
-            .dbname("shop")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-    };
+    let owner = connect(&h, &main, "shop_owner", "shop").await;
     owner.batch_execute("CREATE TABLE kept (i int)").await.unwrap();
     let (full, job) = branch(&h, r#"{"name":"dev","data":"full"}"#).await;
     assert_eq!(job.state, "succeeded", "{:?} {:?}", job.error, job.last_stderr);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use common::harness;
+use common::{connect, harness};
 use control::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -54,16 +54,7 @@ async fn a_created_project_is_provisioned_and_deleted_through_jobs() {
     // The instance runs; the owner role is a plain login role owning the database, and
     // can create schemas and tables in it.
     let branch = job["cluster_id"].as_str().unwrap().to_owned();
-    let socket = h.control.instances.socket_dir(&branch);
-    let (owner, conn) = tokio_postgres::Config::new()
-        .host_path(&socket)
-        .port(h.control.instances.port())
-        .user("shop_owner")
-        .dbname("shop")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let owner = connect(&h, &branch, "shop_owner", "shop").await;
     owner
         .batch_execute("CREATE SCHEMA app; CREATE TABLE app.t (x int); CREATE TABLE t (y int)")
         .await
@@ -214,20 +205,7 @@ async fn rotation_sets_a_new_verifier_with_the_old_salt_and_locks_the_project_me
 
     // The instance holds the new password's verifier, derived with the old salt.
     let branch = h.job(&job_id).await.cluster_id.unwrap();
-    let (su, conn) = tokio_postgres::Config::new()
-        .host_path(h.control.instances.socket_dir(&branch))
-        .port(h.control.instances.port())
-        .user("postgres")
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let stored: String = su
-        .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'shop_owner'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored = stored_verifier(&h, &branch, "shop_owner").await;
     let stored = wire::scram::ScramVerifier::parse(&stored).unwrap();
     assert_eq!(wire::scram::ScramVerifier::derive(&new, &stored.salt, stored.iterations), stored);
     assert_ne!(wire::scram::ScramVerifier::derive(&old, &stored.salt, stored.iterations), stored);
@@ -288,15 +266,7 @@ async fn a_rotation_with_grace_keeps_both_passwords_until_the_grace_is_over() {
 
 /// The verifier stored for `role` on a branch's instance.
 async fn stored_verifier(h: &common::Harness, branch_id: &str, role: &str) -> String {
-    let (su, conn) = tokio_postgres::Config::new()
-        .host_path(h.control.instances.socket_dir(branch_id))
-        .port(h.control.instances.port())
-        .user("postgres")
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let su = connect(h, branch_id, "postgres", "postgres").await;
     su.query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&role]).await.unwrap().get(0)
 }
 

@@ -4,8 +4,7 @@
 //! certificate is never taken for a production one. Folders are 0700, files 0600, written
 //! to a temporary name and renamed into place. Nothing here logs or returns a key's bytes.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,7 +92,7 @@ impl Store {
     }
 
     pub fn save_account(&self, json: &str) -> anyhow::Result<()> {
-        write_private(&self.account_path(), json.as_bytes())
+        crate::bootstrap::write_private_bytes(&self.account_path(), json.as_bytes())
     }
 
     /// The stored certificate, if both files are there and read as one; a broken pair is
@@ -110,8 +109,8 @@ impl Store {
     /// The key first, then the chain: a pair cut in half by a crash reads as a mismatch at
     /// the next start, which orders a new certificate.
     pub fn save_certificate(&self, cert: &Certificate) -> anyhow::Result<()> {
-        write_private(&self.key_path(), cert.key_pem.as_bytes())?;
-        write_private(&self.cert_path(), cert.chain_pem.as_bytes())
+        crate::bootstrap::write_private_bytes(&self.key_path(), cert.key_pem.as_bytes())?;
+        crate::bootstrap::write_private_bytes(&self.cert_path(), cert.chain_pem.as_bytes())
     }
 }
 
@@ -121,22 +120,6 @@ fn read_if_present(path: &Path) -> anyhow::Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-}
-
-/// Writes `data` to a 0600 temporary file beside `path`, then renames it over `path`.
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} into place", tmp.display()))
 }
 
 #[cfg(test)]

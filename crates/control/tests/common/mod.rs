@@ -151,3 +151,17 @@ impl Harness {
         self.control.catalog.job(id).await.unwrap().unwrap()
     }
 }
+
+/// A session on a branch's instance over its private socket.
+pub async fn connect(h: &Harness, branch_id: &str, user: &str, db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(h.control.instances.socket_dir(branch_id))
+        .port(h.control.instances.port())
+        .user(user)
+        .dbname(db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
